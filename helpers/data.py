@@ -1,0 +1,493 @@
+"""Find, read and validate HAM10000-style data; lesion-aware splits; class weights.
+
+Understands Kaggle's ``skin-cancer-mnist-ham10000`` layout, the Harvard Dataverse files, the ISIC 2018 Task 3
+one-hot ground truth, and any folder holding a CSV with ``image_id`` and ``dx`` columns and images below it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
+
+from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
+from helpers.download import DownloadError, download_ham10000
+from helpers.paths import DATA_DIR, PROJECT_ROOT
+
+__all__ = [
+    "DataError",
+    "DownloadError",
+    "ValidationReport",
+    "class_weights",
+    "download_ham10000",
+    "find_metadata_csv",
+    "load_metadata",
+    "read_metadata_csv",
+    "resolve_data_dir",
+    "split_by_lesion",
+    "split_summary",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+REQUIRED_COLUMNS = ("image_id", "dx")
+OPTIONAL_COLUMNS = ("lesion_id", "dx_type", "age", "sex", "localization", "split")
+SPLITS = ("train", "val", "test")
+KAGGLE_INPUT_DIR = Path("/kaggle/input/skin-cancer-mnist-ham10000")
+HAM10000_DIR = DATA_DIR / "HAM10000"
+SYNTHETIC_DIR = DATA_DIR / "synthetic"
+_PREFERRED_CSV_NAMES = ("ham10000_metadata.csv", "ham10000_metadata.tab", "metadata.csv")
+_MAX_LISTED = 10
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as it is; the message says which file/row and what to do."""
+
+
+@dataclass
+class ValidationReport:
+    """What `load_metadata` found: counts, and every image it could not use."""
+
+    metadata_csv: str
+    image_root: str
+    rows_in_csv: int
+    usable_images: int
+    missing_images: list[str] = field(default_factory=list)
+    corrupt_images: list[dict[str, str]] = field(default_factory=list)
+    duplicate_image_files: int = 0
+    unlisted_image_files: int = 0
+    age_values_not_numeric: int = 0
+    lesions_with_several_labels: list[str] = field(default_factory=list)
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The report as plain data (JSON-serialisable)."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A readable multi-line summary."""
+        lines = [
+            f"Metadata: {self.metadata_csv} ({self.rows_in_csv} rows)",
+            f"Images:   {self.image_root}",
+            f"Usable:   {self.usable_images} images",
+        ]
+        if self.missing_images:
+            lines.append(
+                f"Missing:  {len(self.missing_images)} listed images have no file "
+                f"(e.g. {', '.join(self.missing_images[:3])}); working on the images present."
+            )
+        if self.corrupt_images:
+            shown = "; ".join(f"{c['path']} ({c['reason']})" for c in self.corrupt_images[:3])
+            lines.append(f"Excluded: {len(self.corrupt_images)} unreadable/corrupt image files: {shown}")
+        if self.duplicate_image_files:
+            lines.append(f"Ignored:  {self.duplicate_image_files} duplicate copies of the same image file")
+        if self.unlisted_image_files:
+            lines.append(f"Ignored:  {self.unlisted_image_files} image files not listed in the metadata")
+        if self.age_values_not_numeric:
+            lines.append(f"Age:      {self.age_values_not_numeric} non-numeric age values read as missing")
+        if self.lesions_with_several_labels:
+            lines.append(
+                f"Warning:  {len(self.lesions_with_several_labels)} lesion_ids carry more than one dx "
+                f"(e.g. {', '.join(self.lesions_with_several_labels[:3])})"
+            )
+        counts = ", ".join(f"{k} {v}" for k, v in self.class_counts.items())
+        lines.append(f"Classes:  {counts}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- finding the data
+def resolve_data_dir(data_dir: str | Path = "auto", verbose: bool = True) -> Path:
+    """Turn the notebooks' ``data_dir`` parameter into a folder.
+
+    A relative path is read from the working directory, else from the project root. ``"auto"`` tries
+    ``data/HAM10000``, then the Kaggle input folder, else the synthetic default (generated on first use) and
+    says which it chose.
+    """
+    if str(data_dir) != "auto":
+        path = Path(data_dir).expanduser()
+        if not path.is_absolute() and not path.is_dir() and (PROJECT_ROOT / path).is_dir():
+            path = PROJECT_ROOT / path  # relative to the project, as from a notebook in notebooks/
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"data_dir {str(path)!r} does not exist or is not a folder. Point it at the folder holding "
+                "HAM10000_metadata.csv and the image folders, or use data_dir='auto'."
+            )
+        return path.resolve()
+    for candidate, label in ((HAM10000_DIR, "real HAM10000"), (KAGGLE_INPUT_DIR, "Kaggle input")):
+        if candidate.is_dir() and _metadata_candidates(candidate):
+            _say(verbose, f"data_dir='auto': using {label} data in {candidate}")
+            return candidate
+    from helpers.synthetic import ensure_synthetic_dataset
+
+    path = ensure_synthetic_dataset(SYNTHETIC_DIR)
+    _say(
+        verbose,
+        f"data_dir='auto': no real HAM10000 in {HAM10000_DIR} or {KAGGLE_INPUT_DIR}; "
+        f"using the synthetic default dataset in {path}",
+    )
+    return path
+
+
+def find_metadata_csv(data_dir: str | Path) -> Path:
+    """The metadata file in ``data_dir``: ``HAM10000_metadata.csv`` if present, else the one CSV with
+    ``image_id`` and ``dx`` (or ISIC 2018 one-hot) columns."""
+    data_dir = Path(data_dir)
+    candidates = _metadata_candidates(data_dir)
+    if not candidates:
+        raise DataError(
+            f"No metadata CSV found in {data_dir}: expected HAM10000_metadata.csv (Kaggle / Dataverse) or a "
+            "CSV with 'image_id' and 'dx' columns. Download the dataset (see README) or pass metadata_csv=."
+        )
+    for name in _PREFERRED_CSV_NAMES:
+        preferred = [c for c in candidates if c.name.lower() == name]
+        if preferred:
+            return preferred[0]
+    if len(candidates) > 1:
+        listed = ", ".join(str(c) for c in candidates)
+        raise DataError(
+            f"Several metadata CSVs found in {data_dir} ({listed}); pass metadata_csv= to choose."
+        )
+    return candidates[0]
+
+
+def _metadata_candidates(data_dir: Path, max_depth: int = 3) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(data_dir):
+        depth = len(Path(root).relative_to(data_dir).parts)
+        dirs[:] = (
+            sorted(d for d in dirs if not d.startswith(".") and d != "cache") if depth < max_depth else []
+        )
+        for name in sorted(files):
+            if Path(name).suffix.lower() in (".csv", ".tab") and _looks_like_metadata(Path(root) / name):
+                found.append(Path(root) / name)
+    return found
+
+
+def _looks_like_metadata(path: Path) -> bool:
+    try:
+        header = _read_header(path)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return {"image_id", "dx"} <= header or _is_isic_onehot(header)
+
+
+def _read_header(path: Path) -> set[str]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        first = f.readline()
+    delimiter = max(",;\t", key=first.count)
+    return {h.strip().strip('"') for h in first.strip().split(delimiter)}
+
+
+def _is_isic_onehot(columns: set[str]) -> bool:
+    return "image" in columns and {c.upper() for c in CLASS_NAMES} <= columns
+
+
+def index_images(root: str | Path) -> tuple[dict[str, Path], int]:
+    """Map image id (file stem) to path for every image below ``root``; also count duplicate copies.
+
+    Kaggle's download holds each image twice (``HAM10000_images_part_1`` and ``ham10000_images_part_1``); the
+    first path in sorted order wins.
+    """
+    index: dict[str, Path] = {}
+    duplicates = 0
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "cache")
+        for name in sorted(files):
+            path = Path(dirpath) / name
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.stem in index:
+                duplicates += 1
+            else:
+                index[path.stem] = path
+    return index, duplicates
+
+
+# ---------------------------------------------------------------- reading and validating
+def read_metadata_csv(path: str | Path) -> pd.DataFrame:
+    """Read and validate a metadata file (comma/semicolon/tab, BOM, CRLF all fine).
+
+    Raises `DataError` naming the file and rows for missing columns, unknown ``dx`` values, duplicate
+    ``image_id``s, an empty file, or an invalid ``split`` column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Metadata file {path} does not exist. Check metadata_csv / data_dir.")
+    if path.stat().st_size == 0:
+        raise DataError(f"Metadata file {path} is empty (0 bytes). Re-download it or point to another file.")
+    try:
+        df = pd.read_csv(
+            path, sep=None, engine="python", encoding="utf-8-sig", dtype=str, keep_default_na=False
+        )
+    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"Metadata file {path} could not be parsed as CSV: {err}") from err
+    df.columns = [str(c).strip() for c in df.columns]
+    if _is_isic_onehot(set(df.columns)):
+        df = _from_isic_onehot(df, path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"Metadata file {path} lacks required column(s) {missing}; it has {list(df.columns)}. "
+            "A HAM10000 metadata file needs at least 'image_id' and 'dx'."
+        )
+    if df.empty:
+        raise DataError(f"Metadata file {path} has a header but no rows. Re-download it or fix the file.")
+    df = df[[c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in df.columns]].copy()
+    for column in df.columns:
+        df[column] = df[column].str.strip()
+    _check_dx(df, path)
+    _check_duplicates(df, path)
+    if "split" in df.columns:
+        _check_split(df, path)
+    return df
+
+
+def _row_list(df: pd.DataFrame, mask: pd.Series, column: str) -> str:
+    rows = df.index[mask.to_numpy()][:_MAX_LISTED]
+    return ", ".join(f"line {i + 2} ({df.at[i, column]!r})" for i in rows)
+
+
+def _check_dx(df: pd.DataFrame, path: Path) -> None:
+    bad = ~df["dx"].isin(CLASS_NAMES)
+    if bad.any():
+        raise DataError(
+            f"{path}: {int(bad.sum())} row(s) have a dx that is not one of {list(CLASS_NAMES)}: "
+            f"{_row_list(df, bad, 'dx')}. Fix these rows (codes are lower-case, e.g. 'mel') or remove them."
+        )
+
+
+def _check_duplicates(df: pd.DataFrame, path: Path) -> None:
+    dup = df["image_id"].duplicated(keep=False)
+    if not dup.any():
+        return
+    conflicting = df[dup].groupby("image_id")["dx"].nunique()
+    conflicting = conflicting[conflicting > 1]
+    if len(conflicting):
+        raise DataError(
+            f"{path}: image(s) listed under two different labels: {list(conflicting.index[:_MAX_LISTED])} "
+            f"({_row_list(df, dup & df['image_id'].isin(conflicting.index), 'dx')}). "
+            "Keep one label per image."
+        )
+    raise DataError(
+        f"{path}: duplicate image_id(s): {_row_list(df, dup, 'image_id')}. Remove the repeated rows."
+    )
+
+
+def _check_split(df: pd.DataFrame, path: Path) -> None:
+    bad = ~df["split"].isin(SPLITS)
+    if bad.any():
+        raise DataError(
+            f"{path}: column 'split' must be one of {list(SPLITS)} on every row: "
+            f"{_row_list(df, bad, 'split')}."
+        )
+
+
+def _from_isic_onehot(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """ISIC 2018 Task 3 ground truth (``image, MEL, NV, ...`` one-hot) to ``image_id, dx``."""
+    codes = [c.upper() for c in CLASS_NAMES]
+    try:
+        onehot = df[codes].astype(float).to_numpy()
+    except ValueError as err:
+        raise DataError(f"{path}: one-hot class columns {codes} must be numbers ({err}).") from err
+    bad = onehot.sum(axis=1) != 1
+    if bad.any():
+        rows = ", ".join(f"line {i + 2}" for i in np.flatnonzero(bad)[:_MAX_LISTED])
+        raise DataError(f"{path}: each row must have exactly one class set to 1 ({rows}).")
+    return pd.DataFrame({"image_id": df["image"], "dx": [CLASS_NAMES[i] for i in onehot.argmax(axis=1)]})
+
+
+def check_image(path: str | Path) -> str | None:
+    """Why the image file cannot be used (``None`` when it decodes). Fast: JPEGs decode at 1/8 scale."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as img:
+            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+    except PermissionError:
+        return "permission denied"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"cannot be decoded: {err}"
+    return None
+
+
+def load_metadata(
+    data_dir: str | Path = "auto",
+    metadata_csv: str | Path | None = None,
+    check_images: bool = True,
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """One row per usable image: ``image_id, lesion_id, dx, path`` (+ ``age, sex, localization, dx_type,
+    split`` when present).
+
+    Listed images without a file and corrupt files are excluded and counted (a warning says how many); the
+    full `ValidationReport` is in ``df.attrs["validation"]`` (as a dict) and printed when ``verbose``.
+    """
+    root = resolve_data_dir(data_dir, verbose=verbose)
+    csv_path = Path(metadata_csv) if metadata_csv is not None else find_metadata_csv(root)
+    df = read_metadata_csv(csv_path)
+    listed = set(df["image_id"])
+    images, duplicate_files = index_images(root)
+    df["path"] = df["image_id"].map(lambda i: str(images[i]) if i in images else None)
+    missing = df.loc[df["path"].isna(), "image_id"].tolist()
+    df = df[df["path"].notna()].reset_index(drop=True)
+    corrupt = _find_corrupt(df["path"].tolist()) if check_images else []
+    df = df[~df["path"].isin({c["path"] for c in corrupt})].reset_index(drop=True)
+    if "lesion_id" not in df.columns or (df["lesion_id"] == "").any():
+        df = _fill_lesion_ids(df)
+    bad_age = _coerce_age(df)
+    report = ValidationReport(
+        metadata_csv=str(csv_path),
+        image_root=str(root),
+        rows_in_csv=len(df) + len(missing) + len(corrupt),
+        usable_images=len(df),
+        missing_images=missing,
+        corrupt_images=corrupt,
+        duplicate_image_files=duplicate_files,
+        unlisted_image_files=len(set(images) - listed),
+        age_values_not_numeric=bad_age,
+        lesions_with_several_labels=_multi_label_lesions(df),
+        class_counts={c: int((df["dx"] == c).sum()) for c in CLASS_NAMES},
+    )
+    _warn_exclusions(report)
+    if df.empty:
+        raise DataError(
+            f"No usable images: {csv_path} lists {report.rows_in_csv} images but none were found (readable) "
+            f"below {root}. Put the image folders next to the metadata file or pass data_dir=."
+        )
+    _say(verbose, report.summary())
+    df.attrs["validation"] = report.to_dict()
+    return df
+
+
+def _find_corrupt(paths: list[str]) -> list[dict[str, str]]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reasons = list(pool.map(check_image, paths))
+    return [
+        {"image_id": Path(p).stem, "path": p, "reason": r} for p, r in zip(paths, reasons, strict=True) if r
+    ]
+
+
+def _fill_lesion_ids(df: pd.DataFrame) -> pd.DataFrame:
+    """No ``lesion_id`` (or a blank one) → each such image is its own lesion."""
+    df = df.copy()
+    if "lesion_id" not in df.columns:
+        df.insert(0, "lesion_id", "")
+    blank = df["lesion_id"] == ""
+    df.loc[blank, "lesion_id"] = "img_" + df.loc[blank, "image_id"]
+    return df
+
+
+def _coerce_age(df: pd.DataFrame) -> int:
+    if "age" not in df.columns:
+        return 0
+    text = df["age"].astype(str).str.strip()
+    age = pd.to_numeric(text, errors="coerce")
+    bad = int((age.isna() & ~text.isin(["", "nan", "None", "unknown"])).sum())
+    df["age"] = age.astype(float)
+    return bad
+
+
+def _multi_label_lesions(df: pd.DataFrame) -> list[str]:
+    labels = df.groupby("lesion_id")["dx"].nunique()
+    return labels[labels > 1].index.tolist()
+
+
+def _warn_exclusions(report: ValidationReport) -> None:
+    if report.missing_images:
+        warnings.warn(
+            f"{len(report.missing_images)} of {report.rows_in_csv} images listed in {report.metadata_csv} "
+            f"were not found below {report.image_root}; continuing with the {report.usable_images} present.",
+            stacklevel=3,
+        )
+    if report.corrupt_images:
+        listed = ", ".join(c["path"] for c in report.corrupt_images[:5])
+        warnings.warn(
+            f"Excluded {len(report.corrupt_images)} unreadable image file(s): {listed}. Re-download them.",
+            stacklevel=3,
+        )
+    if report.lesions_with_several_labels:
+        warnings.warn(
+            f"{len(report.lesions_with_several_labels)} lesion_id(s) carry more than one dx "
+            f"(e.g. {report.lesions_with_several_labels[:3]}); splits keep each lesion whole.",
+            stacklevel=3,
+        )
+
+
+def _say(verbose: bool, message: str) -> None:
+    if verbose:
+        print(message)
+
+
+# ---------------------------------------------------------------- splits and weights
+def split_by_lesion(
+    df: pd.DataFrame, val_size: float = 0.15, test_size: float = 0.15, seed: int = 42
+) -> pd.DataFrame:
+    """Add a ``split`` column (train/val/test): stratified by ``dx``, grouped by ``lesion_id``.
+
+    No lesion lands in two splits; each class's images are shared out so that every split gets its fraction
+    of that class's images (lesions are assigned, in a seeded order, to the split furthest below its target).
+    A ``split`` column already present is honoured and returned unchanged.
+    """
+    if "split" in df.columns and df["split"].notna().all():
+        return df.copy()
+    if not (0 <= val_size < 1 and 0 <= test_size < 1 and val_size + test_size < 1):
+        raise ValueError(f"val_size={val_size} and test_size={test_size} must be in [0, 1) with a sum < 1.")
+    fractions = np.array([1 - val_size - test_size, val_size, test_size])
+    lesions = df.groupby("lesion_id").agg(dx=("dx", _mode), n=("dx", "size"))
+    rng = np.random.default_rng(seed)
+    lesions = lesions.iloc[rng.permutation(len(lesions))]
+    assignment: dict[str, str] = {}
+    for _, group in lesions.groupby("dx", sort=True):
+        targets = fractions * group["n"].sum()
+        filled = np.zeros(3)
+        for lesion_id, n in group["n"].items():
+            choice = int(np.argmax((targets - filled) / np.maximum(targets, 1e-9)))
+            filled[choice] += n
+            assignment[lesion_id] = SPLITS[choice]
+    out = df.copy()
+    out["split"] = out["lesion_id"].map(assignment)
+    return out
+
+
+def _mode(values: pd.Series) -> str:
+    return values.value_counts().index[0]
+
+
+def split_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Images per class and split, with each class's share (%) and the lesions shared between splits."""
+    counts = pd.crosstab(df["dx"], df["split"]).reindex(index=list(CLASS_NAMES), fill_value=0)
+    counts = counts[[s for s in SPLITS if s in counts.columns]]
+    shares = (100 * counts / counts.sum()).round(1).add_suffix(" %")
+    table = pd.concat([counts, shares], axis=1)
+    table.loc["total"] = [*counts.sum(), *[100.0] * len(shares.columns)]
+    return table
+
+
+def lesions_in_several_splits(df: pd.DataFrame) -> list[str]:
+    """The lesion ids that appear in more than one split (empty for a leak-free split)."""
+    per_lesion = df.groupby("lesion_id")["split"].nunique()
+    return per_lesion[per_lesion > 1].index.tolist()
+
+
+def class_weights(labels: pd.Series | np.ndarray) -> dict[int, float]:
+    """Balanced class weights keyed by class id (``n_samples / (n_present_classes * count)``).
+
+    ``labels`` are class codes (``dx``) or ids; classes absent from ``labels`` get weight 1.0.
+    """
+    labels = pd.Series(labels)
+    ids = labels.map(CLASS_TO_INDEX) if labels.dtype == object or isinstance(labels.iloc[0], str) else labels
+    ids = ids.astype(int).to_numpy()
+    present = np.unique(ids)
+    weights = compute_class_weight("balanced", classes=present, y=ids)
+    result = {i: 1.0 for i in range(len(CLASS_NAMES))}
+    result.update({int(c): float(w) for c, w in zip(present, weights, strict=True)})
+    return result

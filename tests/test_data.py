@@ -1,0 +1,279 @@
+"""Data layer: discovery of the supported layouts, validation of bad input, lesion-aware splits, weights."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
+
+from helpers import data
+from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
+from helpers.data import DataError, class_weights, load_metadata, read_metadata_csv, split_by_lesion
+
+
+def _tiny_dataset(
+    root: Path, rows: list[tuple[str, str]], header: str = "image_id,dx", ext: str = ".jpg"
+) -> Path:
+    """A CSV of (image_id, dx) rows and a small JPEG for each under ``root/images``."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = [header] + [f"{i},{dx}" for i, dx in rows]
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    for image_id, _ in rows:
+        Image.new("RGB", (40, 30), (120, 80, 60)).save(root / "images" / f"{image_id}{ext}")
+    return root
+
+
+ROWS = [(f"img{i}", CLASS_NAMES[i % 7]) for i in range(14)]
+
+
+# ---------------------------------------------------------------- layouts
+def test_synthetic_default_layout_loads_with_all_columns(synthetic_dir):
+    df = load_metadata(synthetic_dir, verbose=False)
+    assert len(df) == 120
+    assert {"image_id", "lesion_id", "dx", "path", "age", "sex", "localization", "dx_type"} <= set(df.columns)
+    assert df["path"].map(lambda p: Path(p).is_file()).all()
+    assert df.attrs["validation"]["missing_images"] == []
+
+
+def test_kaggle_layout_with_lowercase_duplicate_folders(synthetic_dir, tmp_path):
+    root = tmp_path / "skin-cancer-mnist-ham10000"
+    shutil.copytree(synthetic_dir, root)
+    shutil.copytree(root / "HAM10000_images_part_1", root / "ham10000_images_part_1")
+    (root / "hmnist_28_28_RGB.csv").write_text("pixel0000,label\n1,2\n")  # Kaggle's extra CSVs are ignored
+    df = load_metadata(root, verbose=False)
+    assert len(df) == 120
+    report = df.attrs["validation"]
+    assert report["duplicate_image_files"] == len(list((root / "ham10000_images_part_1").iterdir()))
+    assert report["metadata_csv"].endswith("HAM10000_metadata.csv")
+
+
+def test_dataverse_tab_metadata(synthetic_dir, tmp_path):
+    root = tmp_path / "dataverse"
+    shutil.copytree(synthetic_dir, root)
+    csv = root / "HAM10000_metadata.csv"
+    pd.read_csv(csv).to_csv(root / "HAM10000_metadata.tab", sep="\t", index=False)
+    csv.unlink()
+    assert len(load_metadata(root, verbose=False)) == 120
+
+
+def test_generic_folder_without_lesion_id_nested_uppercase_png(tmp_path):
+    root = _tiny_dataset(tmp_path / "any", ROWS, ext=".PNG")
+    nested = root / "deep" / "er"
+    nested.mkdir(parents=True)
+    shutil.move(root / "images" / "img0.PNG", nested / "img0.PNG")
+    df = load_metadata(root, verbose=False)
+    assert len(df) == 14
+    assert (df["lesion_id"] == "img_" + df["image_id"]).all()  # each image is its own lesion
+
+
+def test_isic2018_onehot_ground_truth(tmp_path):
+    root = tmp_path / "isic"
+    (root / "ISIC2018_Task3_Test_Images").mkdir(parents=True)
+    codes = [c.upper() for c in CLASS_NAMES]
+    lines = ["image," + ",".join(codes)]
+    for i, dx in enumerate(CLASS_NAMES):
+        lines.append(f"ISIC_{i:07d}," + ",".join("1.0" if c == dx else "0.0" for c in CLASS_NAMES))
+        Image.new("RGB", (30, 30)).save(root / "ISIC2018_Task3_Test_Images" / f"ISIC_{i:07d}.jpg")
+    (root / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("\n".join(lines))
+    df = load_metadata(root, verbose=False)
+    assert df.sort_values("image_id")["dx"].tolist() == list(CLASS_NAMES)
+
+
+def test_real_metadata_partial_download_uses_images_present(ham_dir):
+    with pytest.warns(UserWarning, match="9840 of 10015 images"):
+        df = load_metadata(ham_dir, verbose=False)
+    assert len(df) == 175
+    assert df["lesion_id"].nunique() == 175
+    assert df.attrs["validation"]["rows_in_csv"] == 10015
+    assert df["dx"].value_counts().to_dict() == {
+        "nv": 63,
+        "mel": 60,
+        "bkl": 12,
+        "akiec": 10,
+        "bcc": 10,
+        "df": 10,
+        "vasc": 10,
+    }
+
+
+def test_resolve_auto_falls_back_to_synthetic_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "HAM10000_DIR", tmp_path / "none")
+    monkeypatch.setattr(data, "KAGGLE_INPUT_DIR", tmp_path / "none2")
+    monkeypatch.setattr(data, "SYNTHETIC_DIR", tmp_path / "synthetic")
+    monkeypatch.setattr("helpers.synthetic.DEFAULT_N_IMAGES", 40)
+    from helpers import synthetic
+
+    monkeypatch.setattr(synthetic.ensure_synthetic_dataset, "__defaults__", (40, 0))
+    path = data.resolve_data_dir("auto")
+    assert path == tmp_path / "synthetic"
+    assert "synthetic default" in capsys.readouterr().out
+    assert (path / "HAM10000_metadata.csv").is_file()
+
+
+def test_resolve_auto_prefers_real_ham10000(tmp_path, monkeypatch, synthetic_dir):
+    real = tmp_path / "HAM10000"
+    shutil.copytree(synthetic_dir, real)
+    monkeypatch.setattr(data, "HAM10000_DIR", real)
+    assert data.resolve_data_dir("auto", verbose=False) == real
+
+
+# ---------------------------------------------------------------- bad input
+def test_nonexistent_data_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_metadata(tmp_path / "nope")
+
+
+def test_folder_without_metadata(tmp_path):
+    with pytest.raises(DataError, match="No metadata CSV found"):
+        load_metadata(tmp_path, verbose=False)
+
+
+def test_missing_required_column(tmp_path):
+    (tmp_path / "m.csv").write_text("image_id,diagnosis\na,mel\n")
+    with pytest.raises(DataError, match=r"lacks required column\(s\) \['dx'\]"):
+        read_metadata_csv(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("bad", ["MEL", "melanoma", ""])
+def test_unknown_dx_names_the_line(tmp_path, bad):
+    (tmp_path / "m.csv").write_text(f"image_id,dx\na,mel\nb,{bad}\n")
+    with pytest.raises(DataError, match=f"line 3 \\('{bad}'\\)"):
+        read_metadata_csv(tmp_path / "m.csv")
+
+
+def test_duplicate_image_id(tmp_path):
+    (tmp_path / "m.csv").write_text("image_id,dx\na,mel\nb,nv\na,mel\n")
+    with pytest.raises(DataError, match="duplicate image_id.*line 2.*line 4"):
+        read_metadata_csv(tmp_path / "m.csv")
+
+
+def test_same_image_under_two_labels(tmp_path):
+    (tmp_path / "m.csv").write_text("image_id,dx\na,mel\na,nv\n")
+    with pytest.raises(DataError, match="two different labels: \\['a'\\]"):
+        read_metadata_csv(tmp_path / "m.csv")
+
+
+def test_empty_file_and_header_only(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        read_metadata_csv(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("image_id,dx\n")
+    with pytest.raises(DataError, match="header but no rows"):
+        read_metadata_csv(tmp_path / "header.csv")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\ufeffimage_id,dx,age\r\na,mel,50\r\nb,nv,\r\n",  # BOM + CRLF
+        "image_id;dx;age\na;mel;50\nb;nv;\n",  # semicolons
+        "image_id,dx,age,extra\na,mel,50,x\nb,nv,,y\n",  # extra column ignored
+    ],
+)
+def test_csv_dialects(tmp_path, text):
+    (tmp_path / "m.csv").write_bytes(text.encode())
+    df = read_metadata_csv(tmp_path / "m.csv")
+    assert df["image_id"].tolist() == ["a", "b"]
+    assert df["dx"].tolist() == ["mel", "nv"]
+    assert "extra" not in df.columns
+
+
+def test_non_numeric_age_read_as_missing_and_counted(tmp_path):
+    root = _tiny_dataset(tmp_path, [("a", "mel"), ("b", "nv"), ("c", "bkl")], header="image_id,dx")
+    (root / "metadata.csv").write_text("image_id,dx,age\na,mel,fifty\nb,nv,40\nc,bkl,\n")
+    df = load_metadata(root, verbose=False)
+    assert df["age"].isna().tolist() == [True, False, True]
+    assert df.attrs["validation"]["age_values_not_numeric"] == 1
+
+
+def test_corrupt_images_excluded_with_warning(tmp_path):
+    root = _tiny_dataset(tmp_path, ROWS)
+    (root / "images" / "img1.jpg").write_bytes(b"")
+    (root / "images" / "img2.jpg").write_bytes(b"not a jpeg at all" * 10)
+    good = (root / "images" / "img3.jpg").read_bytes()
+    (root / "images" / "img3.jpg").write_bytes(good[: len(good) // 2])
+    with pytest.warns(UserWarning, match="Excluded 3 unreadable"):
+        df = load_metadata(root, verbose=False)
+    assert sorted(set(r[0] for r in ROWS) - set(df["image_id"])) == ["img1", "img2", "img3"]
+    reasons = {c["image_id"]: c["reason"] for c in df.attrs["validation"]["corrupt_images"]}
+    assert reasons["img1"] == "empty file (0 bytes)"
+
+
+def test_no_usable_images_is_a_clear_error(tmp_path):
+    (tmp_path / "metadata.csv").write_text("image_id,dx\na,mel\n")
+    with pytest.raises(DataError, match="No usable images"), pytest.warns(UserWarning):
+        load_metadata(tmp_path, verbose=False)
+
+
+def test_invalid_split_values(tmp_path):
+    (tmp_path / "m.csv").write_text("image_id,dx,split\na,mel,train\nb,nv,holdout\n")
+    with pytest.raises(DataError, match="line 3 \\('holdout'\\)"):
+        read_metadata_csv(tmp_path / "m.csv")
+
+
+def test_validation_summary_is_readable(ham_dir):
+    with pytest.warns(UserWarning):
+        df = load_metadata(ham_dir, verbose=False)
+    report = data.ValidationReport(**df.attrs["validation"])
+    text = report.summary()
+    assert "Usable:   175 images" in text and "9840 listed images have no file" in text
+
+
+# ---------------------------------------------------------------- splits
+@pytest.fixture(scope="module")
+def real_metadata(ham_dir) -> pd.DataFrame:
+    return read_metadata_csv(ham_dir / "HAM10000_metadata.csv")
+
+
+def test_split_real_metadata_has_no_leak_and_balanced_shares(real_metadata):
+    df = split_by_lesion(real_metadata, seed=42)
+    assert data.lesions_in_several_splits(df) == []
+    overall = df["dx"].value_counts(normalize=True)
+    for split, part in df.groupby("split"):
+        share = part["dx"].value_counts(normalize=True).reindex(overall.index, fill_value=0)
+        assert (abs(share - overall) * 100).max() <= 2.0, split
+    fractions = df["split"].value_counts(normalize=True)
+    assert abs(fractions["train"] - 0.70) < 0.01 and abs(fractions["test"] - 0.15) < 0.01
+
+
+def test_split_is_deterministic_for_a_seed(real_metadata):
+    a = split_by_lesion(real_metadata, seed=7)["split"]
+    b = split_by_lesion(real_metadata, seed=7)["split"]
+    c = split_by_lesion(real_metadata, seed=8)["split"]
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_existing_split_column_is_honoured(tmp_path):
+    df = pd.DataFrame(
+        {"image_id": ["a", "b"], "lesion_id": ["l1", "l1"], "dx": ["nv", "nv"], "split": ["train", "test"]}
+    )
+    assert split_by_lesion(df)["split"].tolist() == ["train", "test"]
+
+
+def test_split_rejects_bad_sizes(real_metadata):
+    with pytest.raises(ValueError, match="sum < 1"):
+        split_by_lesion(real_metadata, val_size=0.6, test_size=0.5)
+
+
+def test_split_summary_table(real_metadata):
+    table = data.split_summary(split_by_lesion(real_metadata))
+    assert table.loc["total", "train"] + table.loc["total", "val"] + table.loc["total", "test"] == 10015
+    assert list(table.index[:7]) == list(CLASS_NAMES)
+
+
+# ---------------------------------------------------------------- class weights
+def test_class_weights_match_sklearn_balanced():
+    labels = np.array(["nv"] * 60 + ["mel"] * 30 + ["df"] * 10)
+    weights = class_weights(labels)
+    ids = np.array([CLASS_TO_INDEX[x] for x in labels])
+    expected = compute_class_weight("balanced", classes=np.unique(ids), y=ids)
+    assert weights[CLASS_TO_INDEX["df"]] == pytest.approx(100 / (3 * 10))
+    assert [weights[i] for i in np.unique(ids)] == pytest.approx(expected)
+    assert weights[CLASS_TO_INDEX["vasc"]] == 1.0  # absent class
+    assert class_weights(ids) == weights

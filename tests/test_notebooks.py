@@ -1,0 +1,60 @@
+"""Every notebook runs headless with papermill on the synthetic default, with small parameters.
+
+The executed copies land in build/ci-notebooks/, where `python3 tasks.py test` then has nbval re-run them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import papermill
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+OUT = ROOT / "build" / "ci-notebooks"
+RUN_DIR = ROOT / "build" / "ci-run"
+
+PARAMETERS: dict[str, dict[str, object]] = {
+    "01_explore_metadata": {"out_dir": str(ROOT / "build" / "ci-visualizations" / "01")},
+    "02_build_pipeline": {"img_size": 64, "max_images": 200},
+    "03_model_architecture": {"img_size": 64, "latency_runs": 5},
+    "04_train_and_resume": {"img_size": 48, "epochs": 2, "max_images": 240, "run_dir": str(RUN_DIR)},
+    "05_evaluate": {"model_path": str(RUN_DIR / "best.keras"), "max_images": 240},
+}
+# Text each executed notebook must show (checked on the outputs, so a silently empty notebook fails).
+EXPECTED_TEXT: dict[str, list[str]] = {
+    "01_explore_metadata": ["lesions present in more than one split: 0", "majority_class"],
+}
+
+
+def _outputs_text(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    chunks = []
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            chunks.append("".join(output.get("text", "")))
+            chunks.append("".join(output.get("data", {}).get("text/plain", "")))
+    return "\n".join(chunks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
+def test_notebook_runs_headless(name: str):
+    notebook = NOTEBOOKS / f"{name}.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in cells) == 1
+    assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code")
+    OUT.mkdir(parents=True, exist_ok=True)
+    output = OUT / notebook.name
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=PARAMETERS.get(name, {}),
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+    )
+    text = _outputs_text(output)
+    for expected in EXPECTED_TEXT.get(name, []):
+        assert expected in text, f"{name}: expected output {expected!r} not found"
