@@ -1,0 +1,246 @@
+"""Evaluation figures: confusion matrices, ROC curves, reliability diagrams, training history, Grad-CAM grids.
+
+Figures are built with ``matplotlib.figure.Figure`` (not pyplot), so nothing stays open between calls and a
+notebook shows each returned figure exactly once. Numbers come from :mod:`helpers.evaluate`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from PIL import Image
+from sklearn.metrics import confusion_matrix, roc_curve
+
+from helpers.classes import CLASS_NAMES
+from helpers.evaluate import (
+    check_predictions,
+    expected_calibration_error,
+    label_ids,
+    per_class_auc,
+    reliability_bins,
+)
+from helpers.plots.common import save_figure
+
+_NORMALIZE_OPTIONS = ("both", "true", None)
+
+
+def plot_confusion_matrix(
+    y_true: Sequence | np.ndarray,
+    y_pred: Sequence | np.ndarray,
+    normalize: str | None = "both",
+    class_names: Sequence[str] = CLASS_NAMES,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Confusion matrix heatmap(s), rows true and columns predicted.
+
+    ``normalize``: ``"both"`` draws counts and row-normalised rates side by side, ``"true"`` only the rates
+    (each row sums to 1; a class absent from ``y_true`` stays blank), ``None`` only the counts.
+    """
+    if normalize not in _NORMALIZE_OPTIONS:
+        raise ValueError(f"normalize must be one of {_NORMALIZE_OPTIONS}; got {normalize!r}.")
+    y, pred = label_ids(y_true, class_names), label_ids(y_pred, class_names)
+    if len(y) != len(pred):
+        raise ValueError(f"y_true has {len(y)} labels but y_pred has {len(pred)}; they must match.")
+    counts = confusion_matrix(y, pred, labels=list(range(len(class_names))))
+    rows = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, rows, out=np.full(counts.shape, np.nan), where=rows > 0)
+    panels = {"both": ["counts", "rates"], "true": ["rates"], None: ["counts"]}[normalize]
+    fig = Figure(figsize=(6.2 * len(panels), 5.2), layout="constrained")
+    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        data, fmt = (counts, "d") if panel == "counts" else (rates, ".2f")
+        sns.heatmap(
+            data,
+            annot=True,
+            fmt=fmt,
+            cmap="Blues",
+            square=True,
+            cbar=False,
+            xticklabels=class_names,
+            yticklabels=class_names,
+            vmin=0,
+            vmax=1 if panel == "rates" else None,
+            ax=ax,
+        )
+        ax.set(xlabel="Predicted", ylabel="True")
+        ax.set_title("Counts" if panel == "counts" else "Row-normalised (sensitivity on diagonal)")
+    save_figure(fig, save_path)
+    return fig
+
+
+def plot_roc_curves(
+    y_true: Sequence | np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str] = CLASS_NAMES,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """One-vs-rest ROC curve per class and their macro-average (vertical mean of TPR over a common FPR grid).
+
+    The macro label shows the macro AUC of :func:`helpers.evaluate.compute_metrics` (mean of per-class
+    AUCs); classes without positives or negatives in ``y_true`` are left out.
+    """
+    y, p = check_predictions(y_true, probs, class_names)
+    aucs = per_class_auc(y, p)
+    present = np.flatnonzero(~np.isnan(aucs))
+    if present.size == 0:
+        raise ValueError("ROC curves need a class with both positive and negative images in y_true.")
+    grid = np.linspace(0.0, 1.0, 201)
+    mean_tpr = np.zeros_like(grid)
+    fig = Figure(figsize=(6.5, 6), layout="constrained")
+    ax = fig.subplots()
+    for k in present:
+        fpr, tpr, _ = roc_curve(y == k, p[:, k])
+        mean_tpr += np.interp(grid, fpr, tpr) / present.size
+        ax.plot(fpr, tpr, lw=1.3, label=f"{class_names[k]} (AUC {aucs[k]:.3f})")
+    ax.plot(grid, mean_tpr, color="black", lw=2.5, label=f"macro (AUC {aucs[present].mean():.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    ax.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title="ROC curves (one vs rest)")
+    ax.legend(loc="lower right", fontsize=9)
+    save_figure(fig, save_path)
+    return fig
+
+
+def _reliability_panel(ax, y_true: Sequence | np.ndarray, probs: np.ndarray, n_bins: int, label: str) -> None:
+    bins = reliability_bins(y_true, probs, n_bins)
+    centres, width = (bins["lower"] + bins["upper"]) / 2, 1.0 / n_bins
+    filled = bins["count"] > 0
+    ax.bar(centres[filled], bins["accuracy"][filled], width=width, edgecolor="black", label="accuracy")
+    ax.bar(
+        centres[filled],
+        (bins["confidence"] - bins["accuracy"])[filled],
+        bottom=bins["accuracy"][filled],
+        width=width,
+        fill=False,
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap to mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    ece = expected_calibration_error(y_true, probs, n_bins)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Top-1 confidence", ylabel="Accuracy")
+    ax.set_title(f"{label}: ECE {ece:.3f} ({n_bins} bins)")
+    ax.legend(loc="upper left", fontsize=9)
+
+
+def plot_reliability_diagram(
+    y_true: Sequence | np.ndarray,
+    probs: np.ndarray,
+    n_bins: int = 15,
+    calibrated_probs: np.ndarray | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Reliability diagram (accuracy per top-1 confidence bin) with the ECE in the title.
+
+    Pass ``calibrated_probs`` (e.g. after :func:`helpers.evaluate.apply_temperature`) to draw a second panel
+    after temperature scaling beside the first.
+    """
+    panels = [("Model" if calibrated_probs is None else "Before temperature scaling", probs)]
+    if calibrated_probs is not None:
+        panels.append(("After temperature scaling", calibrated_probs))
+    fig = Figure(figsize=(5.5 * len(panels), 5), layout="constrained")
+    for ax, (label, panel_probs) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        _reliability_panel(ax, y_true, panel_probs, n_bins, label)
+    save_figure(fig, save_path)
+    return fig
+
+
+def plot_training_history(
+    history_df: pd.DataFrame,
+    metric_names: Sequence[str] = ("accuracy", "balanced_accuracy"),
+    selection_metric: str | None = "val_balanced_accuracy",
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Loss, each of ``metric_names`` (train and ``val_`` curves) and the learning rate, where present.
+
+    Columns missing from ``history_df`` are skipped. When ``selection_metric`` is a column, its best
+    (maximum, or minimum for a loss) epoch is marked on every panel.
+    """
+    if len(history_df) == 0:
+        raise ValueError("history_df is empty: there are no epochs to plot.")
+    names = ["loss", *(m.removeprefix("val_") for m in metric_names)]
+    panels = [(n, [c for c in (n, f"val_{n}") if c in history_df]) for n in dict.fromkeys(names)]
+    panels += [(c, [c]) for c in ("lr", "learning_rate") if c in history_df]
+    panels = [(name, columns) for name, columns in panels if columns]
+    if not panels:
+        raise ValueError(f"history_df has none of the columns to plot {names}; it has {list(history_df)}.")
+    epochs = history_df.get("epoch", pd.Series(range(1, len(history_df) + 1), index=history_df.index))
+    best = None
+    if selection_metric in history_df and history_df[selection_metric].notna().any():
+        values = history_df[selection_metric]
+        best = epochs.loc[values.idxmin() if "loss" in selection_metric else values.idxmax()]
+    fig = Figure(figsize=(4.6 * len(panels), 3.8), layout="constrained")
+    for ax, (name, columns) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        for column in columns:
+            ax.plot(epochs, history_df[column], marker="o", ms=3, label=column)
+        if best is not None:
+            ax.axvline(best, color="grey", ls=":", label=f"best {selection_metric}")
+        if name in ("lr", "learning_rate"):
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", title=name.replace("_", " "))
+        ax.legend(fontsize=8)
+    save_figure(fig, save_path)
+    return fig
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """Image as float RGB in [0, 1] (uint8, [0, 1] floats and [0, 255] floats accepted; grey expanded)."""
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"each image must be (H, W), (H, W, 1) or (H, W, 3); got shape {arr.shape}.")
+    return np.clip(arr / 255.0 if arr.max() > 1.0 else arr, 0.0, 1.0)
+
+
+def _fit_heatmap(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Heatmap scaled to [0, 1] and resized (bilinear) to the image size."""
+    arr = np.asarray(heatmap, dtype=np.float32).squeeze()
+    if arr.ndim != 2:
+        raise ValueError(f"each heatmap must be 2-D (h, w); got shape {np.shape(heatmap)}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("heatmaps contain NaN or infinite values.")
+    span = arr.max() - arr.min()
+    arr = (arr - arr.min()) / span if span > 0 else np.zeros_like(arr)
+    return np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def plot_gradcam_grid(
+    images: Sequence[np.ndarray],
+    heatmaps: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.45,
+    ncols: int = 4,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Each image with its heatmap (min-max scaled, resized to the image) overlaid in a colour map."""
+    if len(images) == 0:
+        raise ValueError("images is empty: pass at least one image.")
+    if len(heatmaps) != len(images) or (titles is not None and len(titles) != len(images)):
+        n_titles = "no" if titles is None else len(titles)
+        raise ValueError(
+            f"got {len(images)} images, {len(heatmaps)} heatmaps and {n_titles} titles; counts must match."
+        )
+    ncols = max(1, min(ncols, len(images)))
+    nrows = math.ceil(len(images) / ncols)
+    aspect = np.shape(images[0])[0] / max(np.shape(images[0])[1], 1)  # rows sized to the first image
+    fig = Figure(figsize=(3.2 * ncols, (3.2 * aspect + 0.4) * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i >= len(images):
+            continue
+        rgb = _as_rgb(images[i])
+        ax.imshow(rgb)
+        ax.imshow(_fit_heatmap(heatmaps[i], *rgb.shape[:2]), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    save_figure(fig, save_path)
+    return fig
