@@ -34,6 +34,7 @@ __all__ = [
     "resolve_data_dir",
     "split_by_lesion",
     "split_summary",
+    "subsample",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
@@ -460,6 +461,21 @@ def split_by_lesion(
 
 def _mode(values: pd.Series) -> str:
     return values.value_counts().index[0]
+
+
+def subsample(df: pd.DataFrame, max_images: int | None, seed: int = 42) -> pd.DataFrame:
+    """At most ``max_images`` rows for quick runs, keeping class shares and at least 3 images of every class
+    (or all it has); ``None`` returns ``df`` unchanged."""
+    if max_images is None or max_images >= len(df):
+        return df
+    if not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}.")
+    counts = df["dx"].value_counts()
+    alloc = np.maximum(np.floor(counts * max_images / len(df)), np.minimum(counts, 3)).astype(int)
+    alloc[alloc.idxmax()] += max_images - alloc.sum()  # the largest class absorbs the rounding
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(df.index[df["dx"] == dx], size=max(n, 0), replace=False) for dx, n in alloc.items()]
+    return df.loc[np.sort(np.concatenate(keep))].reset_index(drop=True)
 
 
 def split_summary(df: pd.DataFrame) -> pd.DataFrame:

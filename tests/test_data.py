@@ -277,3 +277,14 @@ def test_class_weights_match_sklearn_balanced():
     assert [weights[i] for i in np.unique(ids)] == pytest.approx(expected)
     assert weights[CLASS_TO_INDEX["vasc"]] == 1.0  # absent class
     assert class_weights(ids) == weights
+
+
+def test_subsample_keeps_every_class_and_size(real_metadata):
+    small = data.subsample(real_metadata, 200, seed=1)
+    assert len(small) == 200
+    assert set(small["dx"]) == set(CLASS_NAMES)
+    assert small["dx"].value_counts()["nv"] > 100  # shares roughly kept
+    assert small.equals(data.subsample(real_metadata, 200, seed=1))
+    assert data.subsample(real_metadata, None) is real_metadata
+    with pytest.raises(ValueError, match="positive int"):
+        data.subsample(real_metadata, 0)

@@ -1,0 +1,430 @@
+"""Image pipeline: decode and resize each image once, cache it as uint8, then augment, batch and prefetch.
+
+Images are decoded with Pillow (JPEG DCT-domain downscaling via ``Image.draft``, EXIF orientation applied,
+any colour mode converted to RGB) and resized to ``img_size`` x ``img_size`` by *squashing* the whole image
+(no crop, like the original project), so lesion borders near the edge are kept. The decoded uint8 array is
+kept in memory and saved under :func:`helpers.paths.cache_dir` as an ``.npy`` file keyed by a hash of the
+files (path, size, mtime) and ``img_size``, so later runs skip decoding entirely.
+
+Datasets yield ``(images, labels)``: float32 pixels in 0..255 of shape ``(batch, img_size, img_size, 3)`` (the
+models rescale inside themselves) and int32 class ids in :data:`helpers.classes.CLASS_NAMES` order.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import numbers
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
+from helpers.paths import cache_dir
+
+CACHE_VERSION = 1
+"""Bump when decoding/resizing changes so old cache files are no longer used."""
+
+_LUMA = (0.299, 0.587, 0.114)
+_SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation settings (each image gets its own random draw).
+
+    ``dihedral`` picks one of the 8 flips / 90-degree rotations (random transpose, horizontal and vertical
+    flip: dermoscopic images have no "up"). ``rotation_degrees`` > 0 adds a uniform rotation in +-degrees
+    with bilinear resampling and reflect padding; it is off by default because it makes the augmentation
+    4-6x slower. ``brightness`` shifts by up to +-that fraction of 255; ``contrast`` and ``saturation``
+    scale by a factor drawn from [1 - v, 1 + v].
+    """
+
+    dihedral: bool = True
+    rotation_degrees: float = 0.0
+    brightness: float = 0.1
+    contrast: float = 0.15
+    saturation: float = 0.15
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def decode_image(path: str | Path, img_size: int) -> np.ndarray:
+    """Decode one image file to a uint8 RGB array of shape ``(img_size, img_size, 3)``.
+
+    JPEGs are downscaled in the DCT domain first (``Image.draft``), then the EXIF orientation is applied and
+    the image is squashed to a square with bilinear (antialiased) resampling. Raises FileNotFoundError for a
+    missing file and ValueError naming the file when it cannot be decoded.
+    """
+    img_size = _check_positive_int(img_size, "img_size")
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (img_size, img_size))
+            im = ImageOps.exif_transpose(im)
+            rgb = im.convert("RGB")
+            rgb = rgb.resize((img_size, img_size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(
+            f"Cannot decode image {path}: {err}. Remove it from the metadata (helpers.data.load_metadata "
+            "excludes unreadable files) or replace the file."
+        ) from err
+
+
+def _decode_all(paths: Sequence[str], img_size: int, workers: int, progress: bool) -> np.ndarray:
+    """Decode ``paths`` into one preallocated uint8 array, using a thread pool (Pillow releases the GIL)."""
+    out = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
+    bar = tqdm(total=len(paths), desc=f"Decoding images to {img_size}px", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
+        for i, arr in enumerate(pool.map(lambda p: decode_image(p, img_size), paths)):
+            out[i] = arr
+            bar.update()
+    return out
+
+
+# --------------------------------------------------------------------------------------------- caching
+def cache_file(paths: Sequence[str | Path], img_size: int, cache: bool | str | Path = True) -> Path | None:
+    """Return the ``.npy`` cache path for these files at ``img_size`` (None when ``cache`` is False).
+
+    The name holds a hash of every unique path with its size and mtime, ``img_size`` and the cache version,
+    so editing, replacing or adding a file, or changing the size, selects a different file.
+    """
+    img_size = _check_positive_int(img_size, "img_size")
+    if cache is False:
+        return None
+    if not isinstance(cache, (bool, str, os.PathLike)):
+        raise ValueError(f"cache must be True, False or a folder path, got {cache!r}.")
+    folder = cache_dir() if cache is True else Path(cache)
+    unique = sorted({str(p) for p in paths})
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{img_size}".encode())
+    for p in unique:
+        st = _stat(p)
+        digest.update(f"|{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return folder / f"images_{img_size}px_n{len(unique)}_{digest.hexdigest()[:20]}.npy"
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Image file not found: {path}. Re-run helpers.data.load_metadata so missing files are excluded."
+        ) from None
+
+
+def _read_cache(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Load a cache file, or return None when it is missing, unreadable, truncated or of the wrong shape."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if arr.shape != expected_shape or arr.dtype != np.uint8:
+        return None
+    return arr
+
+
+def _write_cache(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` atomically (temporary file in the same folder, then ``os.replace``); warn on failure."""
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False) as f:
+            tmp_name = f.name
+            np.save(f, arr, allow_pickle=False)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except OSError as err:
+        if tmp_name is not None and os.path.exists(tmp_name):
+            os.remove(tmp_name)
+        warnings.warn(
+            f"Could not write image cache {path}: {err}; continuing without a disk cache.", stacklevel=3
+        )
+
+
+def _load_unique(
+    paths: Sequence[str], img_size: int, cache: bool | str | Path, workers: int | None, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, rows)``: uint8 images of the sorted unique paths, and each input path's row in them."""
+    unique, rows = np.unique(np.asarray(paths, dtype=str), return_inverse=True)
+    target = cache_file(unique, img_size, cache)
+    shape = (len(unique), img_size, img_size, 3)
+    images = _read_cache(target, shape) if target is not None else None
+    if images is None:
+        workers = workers or min(os.cpu_count() or 1, 8)
+        images = _decode_all(list(unique), img_size, workers, progress)
+        if target is not None:
+            _write_cache(target, images)
+    return images, rows.astype(np.int32)
+
+
+def load_images(
+    paths: Sequence[str | Path],
+    img_size: int,
+    cache: bool | str | Path = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Decoded uint8 images ``(len(paths), img_size, img_size, 3)`` in the given order, via the disk cache.
+
+    ``cache``: True uses :func:`helpers.paths.cache_dir`, a path that folder, False decodes without saving.
+    """
+    img_size = _check_positive_int(img_size, "img_size")
+    if len(paths) == 0:
+        raise ValueError("load_images got no paths.")
+    images, rows = _load_unique([str(p) for p in paths], img_size, cache, workers, progress)
+    return images if np.array_equal(rows, np.arange(len(rows))) else images[rows]
+
+
+# --------------------------------------------------------------------------------------------- augmentation
+def augment_images(
+    images: tf.Tensor | np.ndarray, seed: tf.Tensor | Sequence[int], config: AugmentConfig | None = None
+) -> tf.Tensor:
+    """Randomly augment a batch ``(B, S, S, 3)`` (or one image ``(S, S, 3)``) of 0..255 pixels; float32 out.
+
+    Each image gets its own draw from stateless random ops keyed by ``seed`` (two integers), so the same seed
+    gives the same result. The work is XLA-compiled (fused), which keeps it far cheaper than training.
+    """
+    x = tf.convert_to_tensor(images)
+    x = x if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
+    if x.shape.rank not in (3, 4) or x.shape[-1] != 3 or x.shape[-2] != x.shape[-3]:
+        raise ValueError(
+            f"augment_images expects square RGB images (B, S, S, 3) or (S, S, 3), got {x.shape}."
+        )
+    config = config or AugmentConfig()
+    fn = _compiled_augment(rotate=bool(config.rotation_degrees))
+    strengths = tf.constant(
+        [0.5 if config.dihedral else 0.0, np.deg2rad(config.rotation_degrees)]
+        + [config.brightness * 255.0, config.contrast, config.saturation],
+        dtype=tf.float32,
+    )
+    seed = tf.cast(seed, tf.int64)
+    return fn(x[tf.newaxis], seed, strengths)[0] if x.shape.rank == 3 else fn(x, seed, strengths)
+
+
+@functools.cache
+def _compiled_augment(rotate: bool) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The XLA-compiled augmentation, with or without the (costlier) arbitrary-angle rotation."""
+    return tf.function(functools.partial(_augment, rotate=rotate), jit_compile=True, autograph=False)
+
+
+def _augment(x: tf.Tensor, seed: tf.Tensor, strengths: tf.Tensor, rotate: bool) -> tf.Tensor:
+    """``strengths``: flip probability, max angle (rad), brightness (0..255), contrast, saturation."""
+    p_flip, max_angle, brightness, contrast, saturation = tf.unstack(strengths)
+    x = tf.cast(x, tf.float32)
+    batch = tf.shape(x)[0]
+    geo_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    geo = tf.random.stateless_uniform([batch, 4], geo_seed)
+    flips = geo[:, :3] < p_flip  # transpose, horizontal flip, vertical flip
+    if rotate:
+        x = _rotate(x, max_angle * (2.0 * geo[:, 3] - 1.0), flips)
+    else:
+        x = _where(flips[:, 0], tf.transpose(x, [0, 2, 1, 3]), x)
+        x = _where(flips[:, 1], tf.reverse(x, axis=[2]), x)
+        x = _where(flips[:, 2], tf.reverse(x, axis=[1]), x)
+    colour = tf.random.stateless_uniform([batch, 3], colour_seed, minval=-1.0, maxval=1.0)
+    x = x + _per_image(brightness * colour[:, 0])
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    x = (x - mean) * _per_image(1.0 + contrast * colour[:, 1]) + mean
+    gray = tf.reduce_sum(x * tf.constant(_LUMA), axis=-1, keepdims=True)
+    x = (x - gray) * _per_image(1.0 + saturation * colour[:, 2]) + gray
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def _per_image(v: tf.Tensor) -> tf.Tensor:
+    return v[:, None, None, None]
+
+
+def _where(mask: tf.Tensor, yes: tf.Tensor, no: tf.Tensor) -> tf.Tensor:
+    return tf.where(_per_image(mask), yes, no)
+
+
+def _rotate(x: tf.Tensor, angles: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
+    """Rotate each square image by ``angles`` (radians) after its flips, in one bilinear resampling pass.
+
+    Output pixel (u, v) relative to the centre samples the source at ``R(angle) @ transpose(flip(u, v))``;
+    coordinates falling outside are reflected about the border (half-sample symmetric, like Keras "reflect").
+    """
+    b, s = tf.shape(x)[0], tf.shape(x)[1]
+    size = tf.cast(s, tf.float32)
+    r = tf.range(size) - (size - 1.0) / 2.0
+    v, u = tf.meshgrid(r, r, indexing="ij")
+    transpose, flip_h, flip_v = (flips[:, i, None, None] for i in range(3))
+    u, v = tf.where(flip_h, -u, u), tf.where(flip_v, -v, v)
+    u, v = tf.where(transpose, v, u), tf.where(transpose, u, v)
+    cos, sin = tf.cos(angles)[:, None, None], tf.sin(angles)[:, None, None]
+    src_x = _reflect(cos * u - sin * v + (size - 1.0) / 2.0, size)
+    src_y = _reflect(sin * u + cos * v + (size - 1.0) / 2.0, size)
+    x0, y0 = tf.floor(src_x), tf.floor(src_y)
+    wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    x1, y1 = tf.minimum(x0 + 1, s - 1), tf.minimum(y0 + 1, s - 1)
+    flat = tf.reshape(x, [b, s * s, 3])
+
+    def pick(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(tf.gather(flat, tf.reshape(yi * s + xi, [b, -1]), batch_dims=1), [b, s, s, 3])
+
+    top = pick(y0, x0) * (1.0 - wx) + pick(y0, x1) * wx
+    bottom = pick(y1, x0) * (1.0 - wx) + pick(y1, x1) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
+def _reflect(coord: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Fold pixel coordinates into [0, size - 1] by mirroring about the image border."""
+    folded = tf.math.floormod(coord + 0.5, 2.0 * size)
+    folded = tf.where(folded >= size, 2.0 * size - folded, folded) - 0.5
+    return tf.clip_by_value(folded, 0.0, size - 1.0)
+
+
+# --------------------------------------------------------------------------------------------- dataset
+def make_dataset(
+    df: pd.DataFrame,
+    img_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int = 42,
+    cache: bool | str | Path = True,
+    augment: bool | AugmentConfig | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tf.data.Dataset:
+    """Batched ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` for the rows of ``df``.
+
+    ``df`` needs columns ``path`` and ``dx`` (a class code). Images are decoded once and cached (see
+    :func:`load_images`; ``cache`` True/folder/False). ``training=True`` reshuffles every epoch and augments
+    (``augment=None`` means "augment when training"; pass False, True or an :class:`AugmentConfig`).
+    ``training=False`` keeps the row order of ``df``. Training drops the last partial batch (so every step has
+    the same shape); evaluation keeps every row. Shuffle order and augmentations are reproducible for a given
+    ``seed`` (and TF global seed, if one is set).
+    """
+    img_size = _check_positive_int(img_size, "img_size")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    labels = _labels(df)
+    config = _augment_config(augment, training)
+    images, rows = _load_unique(df["path"].astype(str).tolist(), img_size, cache, workers, progress)
+    pixels = tf.constant(images)
+    del images
+
+    ds = tf.data.Dataset.from_tensor_slices((rows, labels))
+    if training:
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=training and len(rows) >= batch_size)
+    ds = ds.map(lambda r, y: (tf.gather(pixels, r), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if config is None:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, s: (augment_images(batch[0], s, config), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_split_datasets(
+    df: pd.DataFrame,
+    img_size: int,
+    batch_size: int,
+    seed: int = 42,
+    cache: bool | str | Path = True,
+    augment: bool | AugmentConfig | None = None,
+    progress: bool = True,
+) -> dict[str, tf.data.Dataset]:
+    """One :func:`make_dataset` per split in ``df["split"]``, keyed ``"train"``, ``"val"``, ``"test"``.
+
+    Train is shuffled and augmented (``augment`` as in make_dataset); val and test keep their row order and
+    are never augmented.
+    """
+    if not isinstance(df, pd.DataFrame) or "split" not in df.columns:
+        raise ValueError("df needs a 'split' column: call helpers.data.split_by_lesion(df) first.")
+    unknown = sorted(set(df["split"].astype(str)) - set(_SPLITS))
+    if unknown:
+        raise ValueError(f"df has unknown split value(s) {unknown}; expected {list(_SPLITS)}.")
+    return {
+        name: make_dataset(
+            df[df["split"] == name].reset_index(drop=True),
+            img_size,
+            batch_size,
+            training=name == "train",
+            seed=seed,
+            cache=cache,
+            augment=augment if name == "train" else False,
+            progress=progress,
+        )
+        for name in _SPLITS
+        if (df["split"] == name).any()
+    }
+
+
+def _augment_config(augment: bool | AugmentConfig | None, training: bool) -> AugmentConfig | None:
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if augment is None:
+        augment = training
+    if not isinstance(augment, bool):
+        raise ValueError(f"augment must be None, True, False or an AugmentConfig, got {augment!r}.")
+    return AugmentConfig() if augment else None
+
+
+def _labels(df: pd.DataFrame) -> np.ndarray:
+    """Validate ``df`` and return its int32 class ids."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"df must be a pandas DataFrame (from helpers.data.load_metadata), got {type(df)}.")
+    missing = [c for c in ("path", "dx") if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"df is missing column(s) {missing}; expected the helpers.data.load_metadata columns."
+        )
+    if df.empty:
+        raise ValueError("df has no rows: nothing to build a dataset from (check the split / max_images).")
+    if df["path"].isna().any():
+        raise ValueError(f"df has empty 'path' values in rows {df.index[df['path'].isna()].tolist()[:5]}.")
+    unknown = sorted(set(df["dx"].astype(str)) - set(CLASS_NAMES))
+    if unknown:
+        raise ValueError(f"df has unknown dx value(s) {unknown}; expected one of {list(CLASS_NAMES)}.")
+    return df["dx"].map(CLASS_TO_INDEX).to_numpy(dtype=np.int32)
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+def measure_throughput(ds: tf.data.Dataset, batches: int = 50) -> float:
+    """Images per second ``ds`` delivers over ``batches`` batches (after one warm-up batch; repeats ds)."""
+    batches = _check_positive_int(batches, "batches")
+    it = iter(ds.repeat())
+    next(it)
+    n = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        images, _labels_batch = next(it)
+        n += int(images.shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def time_cache(paths: Sequence[str | Path], img_size: int) -> tuple[float, float]:
+    """Seconds to prepare ``paths`` by decoding (into a fresh temporary cache), then again from that cache."""
+    seconds = []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(2):
+            start = time.perf_counter()
+            load_images(paths, img_size, cache=folder)
+            seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1]
