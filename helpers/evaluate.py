@@ -1,7 +1,9 @@
-"""Metrics on predictions: scores, per-class tables, bootstrap CIs, calibration, baseline, JSON output.
+"""Evaluation: metrics, per-class tables, bootstrap CIs, calibration, baseline, and evaluating a saved model.
 
-Everything here is a pure function of ``y_true`` (label ids in ``CLASS_NAMES`` order, or class codes) and
-``probs`` (an ``(N, C)`` array of softmax probabilities); nothing trains or loads a model.
+The metric functions are pure functions of ``y_true`` (label ids in ``CLASS_NAMES`` order, or class codes)
+and ``probs`` (an ``(N, C)`` array of softmax probabilities). :func:`evaluate_model` (last section) loads a
+``.keras`` model and one split of a dataset, predicts (optionally with flip TTA and temperature scaling) and
+writes ``metrics.json`` and ``predictions.csv``.
 
 Conventions for classes missing from ``y_true`` (small or unusual test sets):
 
@@ -23,8 +25,9 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +43,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from helpers.classes import CLASS_NAMES, MELANOMA
+from helpers.classes import CLASS_NAMES, MELANOMA, NUM_CLASSES
+from helpers.data import load_metadata, split_by_lesion
+from helpers.paths import MODELS_DIR, PROJECT_ROOT, VISUALIZATIONS_DIR
+
+if TYPE_CHECKING:
+    import keras
 
 HEADLINE_METRICS: tuple[str, ...] = (
     "accuracy",
@@ -516,3 +524,315 @@ def write_json(obj: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# ----------------------------------------------------------------------------------------------- models
+# The functions below load a model and images; TensorFlow is imported lazily so the metric functions above
+# stay importable (and fast to import) without it.
+SPLIT_CHOICES: tuple[str, ...] = ("test", "val", "train", "all")
+"""``split`` values of :func:`evaluate_model`; ``"all"`` is every image (e.g. an external test set)."""
+
+DEFAULT_SPLIT_SEED = 42
+"""Seed of :func:`helpers.data.split_by_lesion` when the run has no manifest (the training default)."""
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_model` computed and wrote (``metrics`` is the content of ``metrics.json``).
+
+    ``data`` is every usable image (with its split unless ``split="all"``), ``frame``/``images``/``probs`` the
+    evaluated rows, their uint8 images and the model's probabilities (``predictions`` row ``i`` is image
+    ``i``), ``val_frame``/``val_images`` the validation images the temperature was fitted on (else None).
+    """
+
+    metrics: dict
+    predictions: pd.DataFrame
+    probs: np.ndarray = field(repr=False)
+    calibrated_probs: np.ndarray | None = field(repr=False)
+    data: pd.DataFrame = field(repr=False)
+    frame: pd.DataFrame = field(repr=False)
+    images: np.ndarray = field(repr=False)
+    val_frame: pd.DataFrame | None = field(repr=False)
+    val_images: np.ndarray | None = field(repr=False)
+    model: keras.Model = field(repr=False)
+    img_size: int
+    out_dir: Path
+
+    @property
+    def y_true(self) -> np.ndarray:
+        """Label ids of the evaluated images."""
+        return label_ids(self.frame["dx"])
+
+    def validation_set(self) -> tuple[np.ndarray, pd.Series]:
+        """Validation images and labels; the evaluated ones when no validation split was predicted."""
+        if self.val_images is None:
+            return self.images, self.frame["dx"]
+        return self.val_images, self.val_frame["dx"]
+
+    def headline(self) -> pd.DataFrame:
+        """The model beside the majority baseline, with bootstrap 95% CIs where available."""
+        return summary_table({"model": self.metrics, "majority baseline": self.metrics["baseline"]}, True)
+
+
+def latest_model_path(models_dir: str | Path | None = None) -> Path:
+    """The most recently written ``<models_dir>/*/best.keras`` (``models/`` by default)."""
+    folder = Path(models_dir) if models_dir is not None else MODELS_DIR
+    found = sorted(folder.glob("*/best.keras"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"No trained model found in {folder} (no */best.keras). Train one with notebook 04 or "
+            "`python -m helpers.train`, or pass model_path= to a .keras file."
+        )
+    return found[-1]
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    """An existing model file: ``None`` means :func:`latest_model_path`; a relative path is looked up from the
+    working directory, then from the project root (as from a notebook in ``notebooks/``)."""
+    if model_path is None:
+        return latest_model_path()
+    path = Path(model_path).expanduser()
+    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        path = PROJECT_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model_path {str(model_path)!r} is not a file. Pass the best.keras of a training run "
+            "(e.g. models/<run_name>/best.keras) or model_path=None for the newest run."
+        )
+    return path.resolve()
+
+
+def load_model(model_path: str | Path | None) -> keras.Model:
+    """Load a ``.keras`` classifier and check it has a square RGB input and one output per class.
+
+    Raises FileNotFoundError for a missing file, ValueError for a corrupt file or a wrong number of classes.
+    """
+    from helpers.export import load_keras_model, model_input_size
+
+    path = resolve_model_path(model_path)
+    model = load_keras_model(path)
+    outputs = model.output_shape[-1]
+    if outputs != NUM_CLASSES:
+        raise ValueError(
+            f"Model {path} has {outputs} outputs but there are {NUM_CLASSES} classes {list(CLASS_NAMES)}; "
+            "evaluate a model trained on the seven HAM10000 classes."
+        )
+    model_input_size(model)
+    return model
+
+
+def read_manifest(model_path: str | Path) -> dict:
+    """The ``manifest.json`` written by :func:`helpers.train.train` beside the model (``{}`` when absent)."""
+    path = Path(model_path).with_name("manifest.json")
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        warnings.warn(f"Ignoring unreadable run manifest {path}: {err}.", stacklevel=2)
+        return {}
+
+
+def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, bool | None]:
+    """``df`` with the train/val/test split training used, and whether it matches the run's data fingerprint.
+
+    A ``split`` column in the data is kept; otherwise the lesion-aware split is rebuilt with the run's seed
+    (as :func:`helpers.train.prepare_data` does: on all images, before any ``max_images`` subset). The match
+    is ``None`` without a manifest and ``False`` (with a warning) when the data differs from training's.
+    """
+    from helpers.train import data_fingerprint, stratified_subset
+
+    seed = manifest.get("seed", DEFAULT_SPLIT_SEED)
+    split_df = split_by_lesion(df, seed=seed)
+    expected = manifest.get("data", {}).get("fingerprint")
+    if not expected:
+        return split_df, None
+    trained_on = stratified_subset(split_df, manifest.get("parameters", {}).get("max_images"), seed)
+    matches = data_fingerprint(trained_on) == expected
+    if not matches:
+        warnings.warn(
+            "The data evaluated is not the data the model was trained on (its image ids, labels or split "
+            "differ from the run's manifest fingerprint): test images may have been seen in training. "
+            f"Evaluate on the training data ({manifest['data'].get('source') or 'see manifest.json'}) "
+            "for an unbiased test.",
+            stacklevel=2,
+        )
+    return split_df, matches
+
+
+def select_split(df: pd.DataFrame, split: str, max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The rows of ``split`` (every row for ``"all"``), at most ``max_images`` (stratified by class)."""
+    from helpers.train import stratified_subset
+
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {list(SPLIT_CHOICES)}; got {split!r}.")
+    if max_images is not None:
+        _require_positive_int(max_images, "max_images")
+    rows = df
+    if split != "all":
+        present = sorted(df["split"].unique()) if "split" in df.columns else []
+        if split not in present:
+            raise ValueError(
+                f"split {split!r} is not present in the data (its splits: {present}). Choose one of those, "
+                "or split='all' to evaluate every image (e.g. an external test set)."
+            )
+        rows = df[df["split"] == split]
+    return stratified_subset(rows, max_images, seed).reset_index(drop=True)
+
+
+def predict_probs(
+    model: keras.Model, images: np.ndarray, batch_size: int = 64, tta: bool = False
+) -> np.ndarray:
+    """Softmax outputs ``(N, C)`` for uint8 images ``(N, S, S, 3)``; with ``tta`` the mean over the image and
+    its horizontal and vertical flips."""
+    from helpers.export import keras_predict
+
+    views = [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
+    return np.mean([keras_predict(model, view, batch_size) for view in views], axis=0)
+
+
+def calibration_report(
+    y_true: Sequence | np.ndarray, probs: np.ndarray, val_true: Sequence | np.ndarray, val_probs: np.ndarray
+) -> tuple[dict, np.ndarray]:
+    """Temperature scaling fitted on validation predictions and applied to ``probs``.
+
+    Returns ``({temperature, fitted_on, n_fit_images, ece_before, ece_after, log_loss_before,
+    log_loss_after}, calibrated probs)``; ECE and log loss are measured on ``(y_true, probs)``.
+    """
+    y, p = check_predictions(y_true, probs)
+    temperature = fit_temperature(val_probs, val_true)
+    calibrated = apply_temperature(p, temperature)
+    labels = list(range(p.shape[1]))
+    report = {
+        "temperature": temperature,
+        "fitted_on": "val",
+        "n_fit_images": len(val_probs),
+        "ece_before": expected_calibration_error(y, p),
+        "ece_after": expected_calibration_error(y, calibrated),
+        "log_loss_before": log_loss(y, p, labels=labels),
+        "log_loss_after": log_loss(y, calibrated, labels=labels),
+    }
+    return _clean(report), calibrated
+
+
+def _predict_split(
+    model: keras.Model, df: pd.DataFrame, split: str, options: Mapping
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Rows, uint8 images and probabilities of one split."""
+    from helpers.export import model_input_size
+    from helpers.pipeline import load_images
+
+    frame = select_split(df, split, options["max_images"], options["seed"])
+    images = load_images(
+        frame["path"].tolist(), model_input_size(model), options["cache"], progress=options["verbose"]
+    )
+    return frame, images, predict_probs(model, images, options["batch_size"], options["tta"])
+
+
+def evaluate_model(
+    model_path: str | Path | None = None,
+    data_dir: str | Path = "auto",
+    split: str = "test",
+    tta: bool = False,
+    out_dir: str | Path | None = None,
+    batch_size: int = 64,
+    max_images: int | None = None,
+    temperature_scaling: bool = True,
+    metadata_csv: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    cache: bool | str | Path = True,
+    verbose: bool = True,
+) -> EvaluationResult:
+    """Evaluate a trained ``.keras`` model on one split of a dataset and write ``metrics.json`` and
+    ``predictions.csv`` to ``out_dir`` (default ``visualizations/<run_name>/``, the model's folder name).
+
+    Images are decoded at the model's own input size, so any model evaluates any supported dataset.
+    ``split`` is ``"test"``, ``"val"``, ``"train"`` (the data's split column, or the lesion-aware split
+    rebuilt with the run's seed from ``manifest.json`` beside the model) or ``"all"``. ``tta`` averages the
+    image and its flips. With ``temperature_scaling`` a temperature is fitted on the validation split (for
+    test/train) and ECE and log loss are reported before and after. ``max_images`` caps the evaluated (and
+    validation) images, stratified by class.
+    """
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {list(SPLIT_CHOICES)}; got {split!r}.")
+    path = resolve_model_path(model_path)
+    model = load_model(path)
+    manifest = read_manifest(path)
+    df = load_metadata(data_dir, metadata_csv, verbose=verbose)
+    source = df.attrs.get("validation", {}).get("image_root")
+    df, matches = training_split(df, manifest) if split != "all" else (df, None)
+    options = {
+        "max_images": max_images,
+        "seed": manifest.get("seed", DEFAULT_SPLIT_SEED),
+        "cache": cache,
+        "verbose": verbose,
+        "batch_size": batch_size,
+        "tta": tta,
+    }
+    frame, images, probs = _predict_split(model, df, split, options)
+    use_val = temperature_scaling and split in ("test", "train") and "val" in set(df["split"])
+    val_frame, val_images, val_probs = _predict_split(model, df, "val", options) if use_val else [None] * 3
+    calibration, calibrated = ({"temperature": None}, None)
+    if use_val:
+        calibration, calibrated = calibration_report(frame["dx"], probs, val_frame["dx"], val_probs)
+    metrics = compute_metrics(frame["dx"], probs, n_bootstrap=n_bootstrap)
+    metrics.update(model_path=str(path), data_dir=source, split=split, split_matches_training=matches)
+    metrics.update(img_size=images.shape[1], tta=tta, temperature=calibration["temperature"])
+    metrics = _clean({**metrics, "calibration": calibration})
+    out = Path(out_dir) if out_dir is not None else VISUALIZATIONS_DIR / path.parent.name
+    predictions = predictions_frame(frame["image_id"], frame["dx"], probs)
+    _write_outputs(metrics, predictions, out, verbose)
+    return EvaluationResult(
+        metrics=metrics,
+        predictions=predictions,
+        probs=probs,
+        calibrated_probs=calibrated,
+        data=df,
+        frame=frame,
+        images=images,
+        val_frame=val_frame,
+        val_images=val_images,
+        model=model,
+        img_size=int(images.shape[1]),
+        out_dir=out,
+    )
+
+
+def _write_outputs(metrics: dict, predictions: pd.DataFrame, out: Path, verbose: bool) -> None:
+    write_json(metrics, out / "metrics.json")
+    predictions.to_csv(out / "predictions.csv", index=False)
+    if verbose:
+        n, split = metrics["n_images"], metrics["split"]
+        print(f"Evaluated {n} {split} images; wrote metrics.json and predictions.csv to {out}")
+
+
+def pick_examples(
+    predictions: pd.DataFrame, correct: bool, per_class: int = 2, seed: int = 0
+) -> pd.DataFrame:
+    """Up to ``per_class`` correctly (or wrongly) classified rows of ``predictions`` per true class, most
+    confident first (seeded tie-breaking); keeps the original index so rows map back to the images."""
+    _require_positive_int(per_class, "per_class")
+    rows = predictions[(predictions["true"] == predictions["predicted"]) == correct]
+    confidence = rows[[f"p_{name}" for name in CLASS_NAMES]].max(axis=1)
+    order = confidence.sample(frac=1.0, random_state=seed).sort_values(ascending=False, kind="stable").index
+    ranked = rows.loc[order]
+    picked = ranked.groupby("true", sort=False).head(per_class)
+    return picked.sort_values("true", key=lambda s: s.map(CLASS_NAMES.index), kind="stable")
+
+
+def gradcam_examples(
+    result: EvaluationResult, correct: bool, per_class: int = 2
+) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """Images, Grad-CAM heatmaps for the predicted class and titles of :func:`pick_examples` of ``result``."""
+    from helpers.predict import gradcam
+
+    examples = pick_examples(result.predictions, correct, per_class)
+    images = result.images[examples.index.to_numpy()]
+    predicted = [CLASS_NAMES.index(name) for name in examples["predicted"]]
+    heatmaps = [gradcam(result.model, image, k) for image, k in zip(images, predicted, strict=True)]
+    confidence = examples[[f"p_{name}" for name in CLASS_NAMES]].max(axis=1)
+    titles = [
+        f"{row.image_id}\ntrue {row.true}, predicted {row.predicted} ({p:.2f})"
+        for row, p in zip(examples.itertuples(), confidence, strict=True)
+    ]
+    return images, heatmaps, titles

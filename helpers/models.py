@@ -1,0 +1,366 @@
+"""Model zoo: the original CPU_Light_Efficient_CNN, the fast default, and cost accounting (params, MACs)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from helpers.classes import NUM_CLASSES
+
+MIN_IMG_SIZE = 16
+"""Smallest input side any model accepts (the default needs at least 16 px for its three stride-2 stages)."""
+
+PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
+
+
+def _check_args(img_size: object, num_classes: object) -> None:
+    if isinstance(img_size, bool) or not isinstance(img_size, (int, np.integer)) or img_size < MIN_IMG_SIZE:
+        raise ValueError(
+            f"img_size must be an int >= {MIN_IMG_SIZE} (pixels per side), got {img_size!r}; "
+            "pass e.g. img_size=28, 64 or 128."
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}.")
+
+
+def _input_and_rescale(img_size: int) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Image input of raw 0-255 pixels (any numeric dtype) and its 0-1 rescaling inside the model."""
+    inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
+    return inputs, keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+
+
+def cpu_light_efficient_cnn(img_size: int = 128, num_classes: int = NUM_CLASSES) -> keras.Model:
+    """Exact replica of the original CPU_Light_Efficient_CNN (117,127 params at 128 px, 7 classes).
+
+    Its depthwise + pointwise blocks run at full input resolution, which is what makes it slow on a CPU.
+    """
+    _check_args(img_size, num_classes)
+    layers = keras.layers
+    inputs, x = _input_and_rescale(img_size)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
+    x = layers.BatchNormalization(name="bn1")(x)
+    for i, (filters, drop) in enumerate(((64, 0.25), (128, 0.35), (256, 0.45)), start=1):
+        x = layers.DepthwiseConv2D(3, padding="same", activation="relu", name=f"block{i}_dw")(x)
+        x = layers.Conv2D(filters, 1, activation="relu", name=f"block{i}_pw")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        x = layers.Dropout(drop, name=f"block{i}_drop")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(256, activation="relu", name="fc")(x)
+    x = layers.BatchNormalization(name="fc_bn")(x)
+    x = layers.Dropout(0.5, name="fc_drop")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="cpu_light_efficient_cnn")
+
+
+def stem_downsamples(img_size: int) -> int:
+    """Stride-2 steps of the default's stem, so its body starts at ~28-32 px (0 at 28, 1 at 64, 2 at 128)."""
+    return max(0, round(math.log2(img_size / 32)))
+
+
+BN_MOMENTUM = 0.9
+"""Faster-moving BatchNorm statistics than Keras's 0.99: with few steps per epoch (small or smoke-test data)
+0.99 leaves the saved statistics far behind the weights and the model predicts one class."""
+
+
+def _bn_relu(x, name: str, act: bool = True):
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if act else x
+
+
+def _sep_bn(x, filters: int, strides: int, name: str, act: bool = True):
+    """3x3 depthwise + 1x1 pointwise (one SeparableConv2D layer), BatchNorm, optional ReLU."""
+    x = keras.layers.SeparableConv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name)(
+        x
+    )
+    return _bn_relu(x, name, act)
+
+
+def _squeeze_excite(x, name: str, ratio: int = 8):
+    channels = x.shape[-1]
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
+    s = keras.layers.Conv2D(max(8, channels // ratio), 1, activation="relu", name=f"{name}_se_reduce")(s)
+    s = keras.layers.Conv2D(channels, 1, activation="sigmoid", name=f"{name}_se_expand")(s)
+    return keras.layers.Multiply(name=f"{name}_se_scale")([x, s])
+
+
+def _residual_unit(x, name: str, se: bool):
+    """Two separable convs at constant width with an identity shortcut (Xception-style)."""
+    y = _sep_bn(x, x.shape[-1], 1, f"{name}_a")
+    y = _sep_bn(y, x.shape[-1], 1, f"{name}_b", act=False)
+    if se:
+        y = _squeeze_excite(y, name)
+    y = keras.layers.Add(name=f"{name}_add")([x, y])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def dermsep_net(
+    img_size: int = 128,
+    num_classes: int = NUM_CLASSES,
+    widths: tuple[int, ...] = (32, 64, 128, 192),
+    stem_filters: int = 16,
+    se: bool = False,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """The project's default: a depthwise-separable residual CNN built for a 2-core CPU (~168k params).
+
+    The stem brings any input down to ~28-32 px: a 3x3 conv (stride 1 at <= 45 px, else stride 2 with
+    ``stem_filters`` channels) and one stride-2 separable conv per further doubling (two stride-2 steps at
+    128 px). The body has one stage per entry of ``widths``: a stride-2 separable conv into the new width
+    (the first stage keeps the resolution) and one residual unit of two separable convs. Then global average
+    pooling, dropout and a softmax classifier. No wide layer ever runs at the input resolution, so
+    activations (the memory traffic that dominates CPU training time) stay small. ``se`` adds
+    squeeze-and-excitation to every residual unit (off by default: it did not improve validation accuracy
+    at 28 px and costs latency).
+    """
+    _check_args(img_size, num_classes)
+    inputs, x = _input_and_rescale(img_size)
+    n_down = stem_downsamples(img_size)
+    x = keras.layers.Conv2D(
+        stem_filters if n_down else widths[0],
+        3,
+        strides=2 if n_down else 1,
+        padding="same",
+        use_bias=False,
+        name="stem",
+    )(x)
+    x = _bn_relu(x, "stem")
+    for i in range(1, n_down):
+        x = _sep_bn(x, widths[0], 2, f"stem_down{i}")
+    for s, filters in enumerate(widths, start=1):
+        if x.shape[-1] != filters or s > 1:
+            x = _sep_bn(x, filters, 1 if s == 1 else 2, f"stage{s}_entry")
+        x = _residual_unit(x, f"stage{s}_res", se)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dropout(dropout, name="head_drop")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="dermsep_net")
+
+
+MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
+    "dermsep_net": dermsep_net,
+    "cpu_light_efficient_cnn": cpu_light_efficient_cnn,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
+DEFAULT_MODEL = "dermsep_net"
+
+
+def build_model(name: str, img_size: int, num_classes: int = NUM_CLASSES, **kwargs) -> keras.Model:
+    """Build a model by name (``"default"`` means ``DEFAULT_MODEL``) for ``img_size`` x ``img_size`` RGB."""
+    key = DEFAULT_MODEL if name == "default" else name
+    if not isinstance(key, str) or key not in MODEL_BUILDERS:
+        raise ValueError(
+            f"Unknown model name {name!r}; valid names: {', '.join(('default',) + MODEL_NAMES)}."
+        )
+    return MODEL_BUILDERS[key](img_size=img_size, num_classes=num_classes, **kwargs)
+
+
+def count_params(model: keras.Model, exclude_preprocessing: bool = True) -> int:
+    """Trainable + non-trainable parameters, by default leaving out preprocessing layers (e.g. Rescaling)."""
+    return sum(
+        layer.count_params()
+        for layer in _leaf_layers(model)
+        if not (exclude_preprocessing and isinstance(layer, PREPROCESSING_LAYERS))
+    )
+
+
+# --- Teaching formulas -------------------------------------------------------------------------------
+
+
+def conv_params(kernel: int, c_in: int, c_out: int, use_bias: bool = True) -> int:
+    """Weights of a standard ``kernel`` x ``kernel`` convolution: k*k*c_in*c_out (+ c_out biases)."""
+    return kernel * kernel * c_in * c_out + (c_out if use_bias else 0)
+
+
+def depthwise_params(kernel: int, channels: int, use_bias: bool = True) -> int:
+    """Weights of a depthwise convolution (one k x k filter per channel): k*k*c (+ c biases)."""
+    return kernel * kernel * channels + (channels if use_bias else 0)
+
+
+def separable_params(kernel: int, c_in: int, c_out: int, use_bias: bool = True) -> int:
+    """Depthwise k x k + pointwise 1x1 as two layers (DepthwiseConv2D then Conv2D 1x1), each with biases."""
+    return depthwise_params(kernel, c_in, use_bias) + conv_params(1, c_in, c_out, use_bias)
+
+
+def conv_macs(out_h: int, out_w: int, kernel: int, c_in: int, c_out: int) -> int:
+    """Multiply-accumulates of a standard convolution: H_out*W_out * k*k*c_in*c_out."""
+    return out_h * out_w * kernel * kernel * c_in * c_out
+
+
+def depthwise_macs(out_h: int, out_w: int, kernel: int, channels: int) -> int:
+    """Multiply-accumulates of a depthwise convolution: H_out*W_out * k*k*c."""
+    return out_h * out_w * kernel * kernel * channels
+
+
+def separable_macs(out_h: int, out_w: int, kernel: int, c_in: int, c_out: int) -> int:
+    """Depthwise k x k + pointwise 1x1: H*W*(k*k*c_in + c_in*c_out), 1/c_out + 1/k^2 of a standard conv."""
+    return depthwise_macs(out_h, out_w, kernel, c_in) + conv_macs(out_h, out_w, 1, c_in, c_out)
+
+
+def conv_cost_table(hw: int, kernel: int, c_in: int, c_outs: tuple[int, ...]) -> pd.DataFrame:
+    """Params and MACs of a standard vs a depthwise-separable conv on an ``hw`` x ``hw`` map, per c_out."""
+    rows = []
+    for c_out in c_outs:
+        std_p, sep_p = conv_params(kernel, c_in, c_out), separable_params(kernel, c_in, c_out)
+        std_m, sep_m = conv_macs(hw, hw, kernel, c_in, c_out), separable_macs(hw, hw, kernel, c_in, c_out)
+        rows.append(
+            {
+                "hw": hw,
+                "kernel": kernel,
+                "c_in": c_in,
+                "c_out": c_out,
+                "standard_params": std_p,
+                "separable_params": sep_p,
+                "standard_macs": std_m,
+                "separable_macs": sep_m,
+                "macs_ratio": sep_m / std_m,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def conv_block_model(kind: str, img_size: int, c_in: int, c_out: int, kernel: int = 3) -> keras.Model:
+    """One-layer demo model: ``"standard"`` Conv2D or ``"separable"`` DepthwiseConv2D + 1x1 Conv2D."""
+    if kind not in ("standard", "separable"):
+        raise ValueError(f"kind must be 'standard' or 'separable', got {kind!r}.")
+    inputs = keras.Input((img_size, img_size, c_in))
+    if kind == "standard":
+        x = keras.layers.Conv2D(c_out, kernel, padding="same", name="conv")(inputs)
+    else:
+        x = keras.layers.DepthwiseConv2D(kernel, padding="same", name="depthwise")(inputs)
+        x = keras.layers.Conv2D(c_out, 1, name="pointwise")(x)
+    return keras.Model(inputs, x, name=f"{kind}_block")
+
+
+def formula_check(img_size: int, kernel: int = 3, c_in: int = 32, c_out: int = 64) -> pd.DataFrame:
+    """Formula vs Keras parameter counts and formula vs counted MACs for a standard and a separable block."""
+    formulas = {
+        "standard": (conv_params(kernel, c_in, c_out), conv_macs(img_size, img_size, kernel, c_in, c_out)),
+        "separable": (
+            separable_params(kernel, c_in, c_out),
+            separable_macs(img_size, img_size, kernel, c_in, c_out),
+        ),
+    }
+    rows = []
+    for kind, (params, macs) in formulas.items():
+        block = conv_block_model(kind, img_size, c_in, c_out, kernel)
+        rows.append(
+            {
+                "block": kind,
+                "formula_params": params,
+                "keras_params": block.count_params(),
+                "formula_macs": macs,
+                "counted_macs": count_macs(block),
+            }
+        )
+    return pd.DataFrame(rows).set_index("block")
+
+
+# --- Cost accounting -----------------------------------------------------------------------------------
+
+
+def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers in order, descending into nested models."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.extend(_leaf_layers(layer))
+        elif not isinstance(layer, keras.layers.InputLayer):
+            out.append(layer)
+    return out
+
+
+def layer_macs(layer: keras.layers.Layer) -> int:
+    """Multiply-accumulates of one forward pass of ``layer`` for one image (0 for layers without weights
+    that multiply, e.g. BatchNorm, pooling, activations, which are cheap element-wise work)."""
+    layers = keras.layers
+    if not isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)):
+        return 0
+    out_shape = layer.output.shape
+    in_channels = layer.input.shape[-1]
+    spatial = math.prod(out_shape[1:-1])
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        kernel = math.prod(layer.kernel_size)
+        mult = layer.depth_multiplier
+        return spatial * (kernel * in_channels * mult + in_channels * mult * out_shape[-1])
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return spatial * math.prod(layer.kernel_size) * in_channels * layer.depth_multiplier
+    if isinstance(layer, keras.layers.Conv2D):
+        groups = getattr(layer, "groups", 1)
+        return spatial * math.prod(layer.kernel_size) * (in_channels // groups) * out_shape[-1]
+    return spatial * in_channels * out_shape[-1]  # Dense on the last axis
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on one image."""
+    return sum(layer_macs(layer) for layer in _leaf_layers(model))
+
+
+LAYER_TABLE_COLUMNS = ("layer", "type", "output_shape", "params", "macs", "activations")
+
+
+def layer_table(model: keras.Model) -> pd.DataFrame:
+    """One row per layer: name, type, output shape (without batch), params, MACs, and activations (values
+    the layer writes per image, which drives memory traffic and so CPU time for BatchNorm, ReLU, pooling)."""
+    rows = [
+        {
+            "layer": layer.name,
+            "type": type(layer).__name__,
+            "output_shape": "x".join(str(d) for d in layer.output.shape[1:]),
+            "params": layer.count_params(),
+            "macs": layer_macs(layer),
+            "activations": math.prod(layer.output.shape[1:]),
+        }
+        for layer in _leaf_layers(model)
+    ]
+    return pd.DataFrame(rows, columns=LAYER_TABLE_COLUMNS)
+
+
+def model_summary(built: dict[str, keras.Model]) -> pd.DataFrame:
+    """One row per model: layers, params (without preprocessing), MACs and activations per image."""
+    rows = []
+    for name, model in built.items():
+        table = layer_table(model)
+        rows.append(
+            {
+                "model": name,
+                "layers": len(table),
+                "params": count_params(model),
+                "macs": int(table["macs"].sum()),
+                "activations": int(table["activations"].sum()),
+            }
+        )
+    return pd.DataFrame(rows).set_index("model")
+
+
+# --- Latency ---------------------------------------------------------------------------------------------
+
+
+def measure_latency(model: keras.Model, runs: int = 50, warmup: int = 5) -> dict[str, float]:
+    """Single-image inference latency in ms of a compiled call (tf.function, fixed input signature).
+
+    Returns the median, 90th percentile and mean over ``runs`` timed calls after ``warmup`` calls.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}.")
+    shape = (1, *model.input_shape[1:])
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    x = tf.random.uniform(shape, 0, 255, seed=0)
+    for _ in range(warmup + 1):
+        fn(x).numpy()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(x).numpy()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "median_ms": float(np.median(times)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "mean_ms": float(np.mean(times)),
+    }

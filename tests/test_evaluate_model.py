@@ -1,0 +1,245 @@
+"""Tests for helpers.evaluate.evaluate_model: a saved model evaluated on the synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import evaluate as ev
+from helpers.classes import CLASS_NAMES
+from helpers.data import load_metadata, split_by_lesion
+from helpers.train import data_fingerprint
+
+IMG_SIZE = 32
+SPLIT_SEED = 7
+PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
+
+
+def _tiny_model(n_classes: int = len(CLASS_NAMES)) -> keras.Model:
+    """A small seeded CNN; Flatten keeps it sensitive to flips, so TTA visibly changes its outputs."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((IMG_SIZE, IMG_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x))
+
+
+def _assert_same(actual, expected, where: str = "metrics") -> None:
+    """Nested dicts/lists equal, floats to 1e-9 (a CSV round trip may change the last bit)."""
+    if isinstance(expected, dict):
+        assert sorted(actual) == sorted(expected), where
+        for key in expected:
+            _assert_same(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            _assert_same(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-9, abs=1e-12), where
+    else:
+        assert actual == expected, where
+
+
+@pytest.fixture(scope="module")
+def metadata(synthetic_dir: Path) -> pd.DataFrame:
+    return load_metadata(synthetic_dir, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, metadata: pd.DataFrame) -> Path:
+    """A run folder as training leaves it: best.keras and a manifest (split seed 7, matching fingerprint)."""
+    folder = tmp_path_factory.mktemp("models") / "tiny_run"
+    folder.mkdir()
+    _tiny_model().save(folder / "best.keras")
+    fingerprint = data_fingerprint(split_by_lesion(metadata, seed=SPLIT_SEED))
+    manifest = {"seed": SPLIT_SEED, "parameters": {"max_images": None}, "data": {"fingerprint": fingerprint}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def test_result(run_dir: Path, synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("eval_test")
+    return ev.evaluate_model(run_dir / "best.keras", synthetic_dir, out_dir=out, cache=False, verbose=False)
+
+
+def test_writes_metrics_and_predictions(test_result, run_dir: Path, metadata: pd.DataFrame):
+    predictions = pd.read_csv(test_result.out_dir / "predictions.csv")
+    expected_ids = split_by_lesion(metadata, seed=SPLIT_SEED).query("split == 'test'")["image_id"]
+    assert list(predictions.columns) == ["image_id", "true", "predicted", *PROB_COLUMNS]
+    assert sorted(predictions["image_id"]) == sorted(expected_ids)  # the run's split, rebuilt from its seed
+    assert np.allclose(predictions[PROB_COLUMNS].sum(axis=1), 1.0)
+    saved = json.loads((test_result.out_dir / "metrics.json").read_text())
+    assert saved["split"] == "test" and saved["n_images"] == len(expected_ids)
+    assert saved["model_path"] == str((run_dir / "best.keras").resolve())
+    assert saved["split_matches_training"] is True
+    assert saved["img_size"] == IMG_SIZE and saved["tta"] is False
+    headline = test_result.headline()
+    assert list(headline.index) == ["model", "majority baseline"]
+    assert headline.loc["model", "accuracy"].startswith(f"{saved['accuracy']:.3f} [")
+    recomputed = ev.compute_metrics(predictions["true"], predictions[PROB_COLUMNS].to_numpy())
+    _assert_same({key: saved[key] for key in recomputed}, json.loads(json.dumps(recomputed)))
+
+
+def test_input_size_comes_from_the_model(test_result):
+    # the synthetic images are 600x450; they were decoded at the 32 px the model takes
+    assert test_result.img_size == IMG_SIZE
+    assert test_result.images.shape == (len(test_result.frame), IMG_SIZE, IMG_SIZE, 3)
+    assert Path(test_result.metrics["model_path"]).name == "best.keras"
+
+
+def test_temperature_fitted_on_validation(test_result):
+    calibration = test_result.metrics["calibration"]
+    assert calibration["fitted_on"] == "val" and calibration["n_fit_images"] == len(test_result.val_frame)
+    assert set(test_result.val_frame["split"]) == {"val"}
+    val_probs = ev.predict_probs(test_result.model, test_result.val_images)
+    temperature = ev.fit_temperature(val_probs, test_result.val_frame["dx"])
+    assert test_result.metrics["temperature"] == pytest.approx(temperature, rel=1e-6)
+    expected = ev.apply_temperature(test_result.probs, temperature)
+    np.testing.assert_allclose(test_result.calibrated_probs, expected, rtol=1e-6)
+    y = test_result.y_true
+    assert calibration["ece_after"] == pytest.approx(ev.expected_calibration_error(y, expected))
+    assert calibration["ece_before"] == pytest.approx(test_result.metrics["ece"])
+    images, labels = test_result.validation_set()
+    assert images is test_result.val_images and list(labels) == list(test_result.val_frame["dx"])
+
+
+def test_tta_averages_flips(run_dir: Path, synthetic_dir: Path, tmp_path: Path):
+    result = ev.evaluate_model(
+        run_dir / "best.keras",
+        synthetic_dir,
+        split="val",
+        tta=True,
+        out_dir=tmp_path,
+        cache=False,
+        verbose=False,
+    )
+    images, model = result.images, result.model
+    views = [images, images[:, :, ::-1], images[:, ::-1]]
+    expected = np.mean([model.predict(np.ascontiguousarray(v), verbose=0) for v in views], axis=0)
+    plain = ev.predict_probs(model, images)
+    assert result.probs.shape == plain.shape == (len(result.frame), len(CLASS_NAMES))
+    np.testing.assert_allclose(result.probs, expected, atol=1e-6)
+    assert np.abs(result.probs - plain).max() > 1e-3
+    assert result.metrics["tta"] is True
+    assert result.metrics["temperature"] is None  # not fitted on the split being evaluated
+
+
+def test_split_all_on_isic_onehot_ground_truth(run_dir: Path, metadata: pd.DataFrame, tmp_path: Path):
+    """An external test set in the ISIC 2018 layout (one-hot CSV, no split): every image is evaluated."""
+    picked = metadata.groupby("dx").head(2)
+    folder = tmp_path / "isic2018_test"
+    folder.mkdir()
+    onehot = pd.DataFrame({"image": picked["image_id"]})
+    for name in CLASS_NAMES:
+        onehot[name.upper()] = (picked["dx"] == name).astype(float)
+    onehot.to_csv(folder / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    for path in picked["path"]:
+        shutil.copy(path, folder)
+    result = ev.evaluate_model(
+        run_dir / "best.keras", folder, split="all", out_dir=tmp_path / "out", cache=False, verbose=False
+    )
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert sorted(predictions["image_id"]) == sorted(picked["image_id"])
+    assert dict(zip(predictions["image_id"], predictions["true"], strict=True)) == dict(
+        zip(picked["image_id"], picked["dx"], strict=True)
+    )
+    assert result.metrics["split"] == "all" and result.metrics["split_matches_training"] is None
+
+
+def test_max_images_caps_stratified(test_result, metadata: pd.DataFrame):
+    split_df, matches = ev.training_split(metadata, {"seed": SPLIT_SEED})
+    capped = ev.select_split(split_df, "test", max_images=7)
+    assert matches is None
+    assert len(capped) == 7 and set(capped["split"]) == {"test"}
+    assert capped["dx"].nunique() == min(7, split_df.query("split == 'test'")["dx"].nunique())
+
+
+def test_fingerprint_mismatch_warns(metadata: pd.DataFrame):
+    manifest = {"seed": SPLIT_SEED, "data": {"fingerprint": "0" * 64, "source": "/elsewhere"}}
+    with pytest.warns(UserWarning, match="not the data the model was trained on"):
+        _, matches = ev.training_split(metadata, manifest)
+    assert matches is False
+
+
+def test_pick_examples(test_result):
+    predictions = test_result.predictions
+    confidence = predictions[PROB_COLUMNS].max(axis=1)
+    for correct in (True, False):
+        pool = predictions[(predictions["true"] == predictions["predicted"]) == correct]
+        picked = ev.pick_examples(predictions, correct=correct, per_class=1)
+        assert sorted(picked["true"]) == sorted(pool["true"].unique())  # one per class present
+        best = confidence[pool.index].groupby(pool["true"]).max()  # the most confident of each class
+        assert confidence[picked.index].to_numpy() == pytest.approx(best[picked["true"]].to_numpy())
+
+
+def test_gradcam_examples(test_result):
+    images, heatmaps, titles = ev.gradcam_examples(test_result, correct=False, per_class=1)
+    picked = ev.pick_examples(test_result.predictions, correct=False, per_class=1)
+    np.testing.assert_array_equal(images, test_result.images[picked.index.to_numpy()])
+    assert [h.shape for h in heatmaps] == [(IMG_SIZE, IMG_SIZE)] * len(picked)
+    assert all(h.min() >= 0.0 and h.max() <= 1.0 for h in heatmaps)
+    first = picked.iloc[0]
+    confidence = first[PROB_COLUMNS].max()
+    assert (
+        titles[0]
+        == f"{first['image_id']}\ntrue {first['true']}, predicted {first['predicted']} ({confidence:.2f})"
+    )
+
+
+def test_latest_model_path(run_dir: Path):
+    assert ev.latest_model_path(run_dir.parent) == run_dir / "best.keras"
+    with pytest.raises(FileNotFoundError, match="No trained model"):
+        ev.latest_model_path(run_dir)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_missing_model_file(synthetic_dir: Path, tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="nope.keras"):
+        ev.evaluate_model(tmp_path / "nope.keras", synthetic_dir, out_dir=tmp_path, verbose=False)
+
+
+def test_corrupt_model_file(synthetic_dir: Path, tmp_path: Path):
+    path = tmp_path / "best.keras"
+    path.write_bytes(b"this is not a zip archive")
+    with pytest.raises(ValueError, match="Cannot load Keras model"):
+        ev.evaluate_model(path, synthetic_dir, out_dir=tmp_path, verbose=False)
+
+
+def test_wrong_number_of_classes(synthetic_dir: Path, tmp_path: Path):
+    path = tmp_path / "five.keras"
+    _tiny_model(n_classes=5).save(path)
+    with pytest.raises(ValueError, match="has 5 outputs but there are 7 classes"):
+        ev.evaluate_model(path, synthetic_dir, out_dir=tmp_path, verbose=False)
+
+
+def test_split_not_in_data(run_dir: Path, synthetic_dir: Path, metadata: pd.DataFrame, tmp_path: Path):
+    csv = tmp_path / "two_splits.csv"
+    two = metadata[["image_id", "dx"]].assign(split=np.where(np.arange(len(metadata)) % 2, "train", "val"))
+    two.to_csv(csv, index=False)
+    not_present = r"split 'test' is not present in the data \(its splits: \['train', 'val'\]"
+    # this split is not the run's, so evaluate_model also warns that the data differs from training's
+    with pytest.raises(ValueError, match=not_present), pytest.warns(UserWarning, match="not the data"):
+        ev.evaluate_model(
+            run_dir / "best.keras", synthetic_dir, metadata_csv=csv, out_dir=tmp_path, verbose=False
+        )
+
+
+def test_unknown_split_name(run_dir: Path, synthetic_dir: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="split must be one of"):
+        ev.evaluate_model(run_dir / "best.keras", synthetic_dir, split="testing", out_dir=tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_unreadable_manifest_is_ignored_with_a_warning(tmp_path: Path):
+    assert ev.read_manifest(tmp_path / "best.keras") == {}
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="Ignoring unreadable run manifest"):
+        assert ev.read_manifest(tmp_path / "best.keras") == {}

@@ -1,0 +1,304 @@
+"""Single-image prediction from .keras/.tflite files on odd inputs, Grad-CAM, clear errors for bad files."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers.classes import CLASS_FULL_NAMES, CLASS_NAMES
+from helpers.export import export_tflite
+from helpers.models import build_model
+from helpers.predict import (
+    MAX_IMAGE_PIXELS,
+    gradcam,
+    gradcam_layer,
+    load_image,
+    load_model,
+    overlay_heatmap,
+    predict_image,
+)
+
+SIZE = 32
+RED, BLUE = (230, 20, 20), (20, 20, 230)
+
+
+def _set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
+    """Set every BatchNorm's moving mean/variance to the statistics of ``images`` (one training-mode pass)."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(images.astype(np.float32), training=True)
+    for layer in layers:
+        layer.momentum = 0.99
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An untrained default model, its BatchNorm statistics set on colour blocks so outputs vary per image."""
+    keras.utils.set_random_seed(3)
+    model = build_model("default", SIZE)
+    blocks = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 3))
+    _set_batchnorm_statistics(model, np.repeat(np.repeat(blocks, SIZE // 4, axis=1), SIZE // 4, axis=2))
+    folder = tmp_path_factory.mktemp("predict_models")
+    model.save(folder / "model.keras")
+    return {"keras": folder / "model.keras", "tflite": export_tflite(model, folder / "model.tflite")}
+
+
+def _halves(width: int, height: int, left: tuple, right: tuple) -> Image.Image:
+    arr = np.zeros((height, width, 3), np.uint8)
+    arr[:, : width // 2], arr[:, width // 2 :] = left, right
+    return Image.fromarray(arr)
+
+
+def _write_odd_image(kind: str, folder: Path) -> Path:
+    """One image of the given kind; returns its path."""
+    rng = np.random.default_rng(0)
+    if kind == "grayscale_jpeg":
+        path = folder / "gray.jpg"
+        Image.fromarray(rng.integers(0, 256, (60, 80), dtype=np.uint8), "L").save(path)
+    elif kind == "rgba_png":
+        path = folder / "rgba.png"
+        Image.new("RGBA", (50, 40), (10, 200, 30, 128)).save(path)
+    elif kind == "palette_png":
+        path = folder / "palette.png"
+        Image.new("RGB", (45, 45), (200, 100, 50)).quantize(colors=4).save(path)
+    elif kind == "cmyk_jpeg":
+        path = folder / "cmyk.jpg"
+        Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(path, quality=95)  # pure red
+    elif kind == "png_16bit":
+        path = folder / "gray16.png"
+        Image.fromarray(np.tile(np.linspace(0, 65535, 64), (48, 1)).astype(np.uint16)).save(path)
+    elif kind == "exif_rotated_jpeg":
+        path = folder / "rotated.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: the left half ends up on top
+        _halves(64, 32, RED, BLUE).save(path, exif=exif, quality=95)
+    elif kind == "tiny_png":
+        path = folder / "tiny.png"
+        Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)).save(path)
+    elif kind == "huge_jpeg":
+        path = folder / "huge.jpg"
+        Image.new("RGB", (12000, 9000), (180, 120, 90)).save(path, quality=80)
+    return path
+
+
+def _check_content(kind: str, image: np.ndarray) -> None:
+    """Assert the decoded model input looks like the file it came from."""
+    pixels = image.reshape(-1, 3).astype(int)
+    if kind == "grayscale_jpeg":
+        assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
+    elif kind == "rgba_png":
+        assert np.abs(pixels - (10, 200, 30)).max() <= 2
+    elif kind == "palette_png":
+        assert np.abs(pixels - (200, 100, 50)).max() <= 8
+    elif kind == "cmyk_jpeg":
+        assert np.abs(pixels - (255, 0, 0)).max() <= 30
+    elif kind == "png_16bit":  # a 0..65535 ramp must stay a ramp, not clip to white
+        assert 100 < image.mean() < 155 and image[:, 0].max() < 20 and image[:, -1].min() > 235
+    elif kind == "exif_rotated_jpeg":
+        top, bottom = image[: SIZE // 2 - 2].reshape(-1, 3), image[SIZE // 2 + 2 :].reshape(-1, 3)
+        assert np.abs(top.astype(int) - RED).max() < 40 and np.abs(bottom.astype(int) - BLUE).max() < 40
+    elif kind == "huge_jpeg":
+        assert np.abs(pixels - (180, 120, 90)).max() <= 6
+
+
+ODD_KINDS = (
+    "grayscale_jpeg",
+    "rgba_png",
+    "palette_png",
+    "cmyk_jpeg",
+    "png_16bit",
+    "exif_rotated_jpeg",
+    "tiny_png",
+    "huge_jpeg",
+)
+
+
+@pytest.mark.parametrize("kind", ODD_KINDS)
+def test_predict_odd_images(kind: str, model_files: dict[str, Path], tmp_path: Path) -> None:
+    path = _write_odd_image(kind, tmp_path)
+    result = predict_image(model_files["tflite"], path, top_k=3)
+    assert result.image.shape == (SIZE, SIZE, 3) and result.image.dtype == np.uint8
+    _check_content(kind, result.image)
+    probs = [p for _, _, p in result.top_k]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+    assert all(full == CLASS_FULL_NAMES[code] for code, full, _ in result.top_k)
+    keras_result = predict_image(model_files["keras"], path, top_k=3)
+    assert keras_result.label == result.label
+    np.testing.assert_allclose(probs, [p for _, _, p in keras_result.top_k], atol=1e-4)
+
+
+def test_keras_and_tflite_agree_on_all_classes(model_files: dict[str, Path], tmp_path: Path) -> None:
+    rows = []
+    for i, colour in enumerate([(250, 10, 10), (10, 250, 10), (10, 10, 250), (240, 200, 180), (60, 40, 30)]):
+        path = tmp_path / f"img{i}.png"
+        _halves(48, 40, colour, (128, 128, 128)).save(path)
+        k = predict_image(model_files["keras"], path, top_k=7)
+        t = predict_image(model_files["tflite"], path, top_k=7)
+        assert [c for c, _, _ in k.top_k] == [c for c, _, _ in t.top_k]
+        assert sum(k.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert list(k.probabilities) == list(CLASS_NAMES)
+        np.testing.assert_allclose(list(k.probabilities.values()), list(t.probabilities.values()), atol=1e-4)
+        rows.append(list(k.probabilities.values()))
+    assert np.ptp(np.array(rows), axis=0).max() > 0.05  # the outputs really depend on the image
+
+
+def test_models_are_loaded_once_per_file_version(model_files: dict[str, Path], tmp_path: Path) -> None:
+    assert load_model(model_files["tflite"]) is load_model(model_files["tflite"])
+    copy = tmp_path / "copy.tflite"
+    copy.write_bytes(model_files["tflite"].read_bytes())
+    first = load_model(copy)
+    copy.write_bytes(model_files["tflite"].read_bytes() + b"\0")  # changed file -> reloaded
+    assert load_model(copy) is not first
+    assert load_model(copy).img_size == SIZE
+
+
+def test_predict_with_gradcam(model_files: dict[str, Path], tmp_path: Path) -> None:
+    path = _write_odd_image("tiny_png", tmp_path)
+    result = predict_image(model_files["keras"], path, gradcam=True)
+    assert result.heatmap.shape == (SIZE, SIZE) and result.heatmap.dtype == np.float32
+    assert result.heatmap.min() >= 0.0 and result.heatmap.max() <= 1.0
+    assert result.overlay.shape == (SIZE, SIZE, 3) and result.overlay.dtype == np.uint8
+    with pytest.raises(ValueError, match=r"Grad-CAM needs .*\.keras"):
+        predict_image(model_files["tflite"], path, gradcam=True)
+
+
+@pytest.mark.parametrize("name", ["default", "cpu_light_efficient_cnn"])
+def test_gradcam_on_built_models(name: str) -> None:
+    keras.utils.set_random_seed(0)
+    model = build_model(name, SIZE)
+    layer = gradcam_layer(model)
+    assert len(layer.output.shape) == 4 and np.prod(layer.output.shape[1:3]) > 1
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    heatmap = gradcam(model, image)
+    assert heatmap.shape == (SIZE, SIZE) and heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
+
+
+def _colour_detector_model() -> keras.Model:
+    """Toy model: class 0 fires on red pixels, class 1 on green ones (hand-set weights, no training)."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.Conv2D(2, 3, strides=2, padding="same", activation="relu", name="detect")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((3, 3, 3, 2), np.float32)
+    kernel[1, 1, 0, 0], kernel[1, 1, 1, 0] = 1.0, -1.0  # red minus green
+    kernel[1, 1, 1, 1], kernel[1, 1, 0, 1] = 1.0, -1.0  # green minus red
+    model.get_layer("detect").set_weights([kernel, np.zeros(2, np.float32)])
+    dense = np.zeros((2, len(CLASS_NAMES)), np.float32)
+    dense[0, 0] = dense[1, 1] = 5.0
+    model.layers[-1].set_weights([dense, np.zeros(len(CLASS_NAMES), np.float32)])
+    return model
+
+
+def test_gradcam_highlights_the_planted_region() -> None:
+    model = _colour_detector_model()
+    image = np.full((SIZE, SIZE, 3), 40, np.uint8)
+    image[2:10, 16:30] = (250, 10, 10)  # red bar, top right
+    image[18:30, 2:10] = (10, 250, 10)  # green bar, bottom left (where a transposed red bar would land)
+    red_heat = gradcam(model, image, class_index=0)
+    green_heat = gradcam(model, image, class_index=1)
+    assert red_heat[3:9, 18:28].mean() > 0.7 and red_heat[20:28, 3:9].max() < 0.1
+    assert green_heat[20:28, 3:9].mean() > 0.7 and green_heat[3:9, 18:28].max() < 0.1
+    assert red_heat[14:, :].max() < 0.1 and red_heat[:, :12].max() < 0.1  # nothing away from the red bar
+
+
+def test_gradcam_bad_arguments() -> None:
+    model = _colour_detector_model()
+    with pytest.raises(ValueError, match=r"image must be \(32, 32, 3\)"):
+        gradcam(model, np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="class_index must be in 0..6"):
+        gradcam(model, np.zeros((SIZE, SIZE, 3), np.uint8), class_index=7)
+
+
+def test_overlay_heatmap() -> None:
+    image = np.full((20, 30, 3), 100, np.uint8)
+    heatmap = np.zeros((5, 5), np.float32)
+    heatmap[0, 0] = 1.0
+    overlay = overlay_heatmap(image, heatmap, alpha=0.5)
+    assert overlay.shape == (20, 30, 3) and overlay.dtype == np.uint8
+    assert not np.array_equal(overlay[0, 0], overlay[-1, -1])  # hot corner differs from the cold one
+    np.testing.assert_array_equal(overlay_heatmap(image, heatmap, alpha=0.0), image)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay_heatmap(image, heatmap, alpha=2.0)
+    with pytest.raises(ValueError, match="RGB"):
+        overlay_heatmap(image[..., 0], heatmap)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny valid PNG whose header claims ``width`` x ``height`` pixels (a decompression-bomb stand-in)."""
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of header fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.keras"):
+        predict_image(tmp_path / "nope.keras", tmp_path / "x.jpg")
+
+
+@pytest.mark.parametrize("name", ["bad.keras", "bad.tflite"])
+def test_corrupt_model_file(name: str, tmp_path: Path) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"this is not a model" * 10)
+    with pytest.raises(ValueError, match=name):
+        predict_image(path, tmp_path / "x.jpg")
+
+
+def test_unsupported_model_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "model.h5"
+    path.write_bytes(b"\0" * 10)
+    with pytest.raises(ValueError, match=r"model\.h5.*\.keras or \.tflite"):
+        predict_image(path, tmp_path / "x.jpg")
+
+
+def test_missing_image(model_files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        predict_image(model_files["tflite"], tmp_path / "missing.jpg")
+
+
+def test_undecodable_image(model_files: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("not an image")
+    with pytest.raises(ValueError, match="notes.jpg"):
+        predict_image(model_files["tflite"], path)
+
+
+def test_truncated_image(model_files: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(ValueError, match="cut.jpg"):
+        predict_image(model_files["tflite"], path)
+
+
+def test_image_above_pixel_limit(tmp_path: Path) -> None:
+    side = int(np.sqrt(MAX_IMAGE_PIXELS)) + 10
+    path = _png_claiming_size(tmp_path / "big.png", side, side)
+    with pytest.raises(ValueError, match=r"big\.png.*megapixels"):
+        load_image(path, SIZE)
+
+
+def test_decompression_bomb(tmp_path: Path) -> None:
+    path = _png_claiming_size(tmp_path / "bomb.png", 40000, 40000)
+    with pytest.raises(ValueError, match=r"bomb\.png.*too large"):
+        load_image(path, SIZE)
+
+
+@pytest.mark.parametrize("top_k", [0, 8, 2.5, True])
+def test_bad_top_k(top_k: object, model_files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="top_k"):
+        predict_image(model_files["tflite"], tmp_path / "x.jpg", top_k=top_k)

@@ -1,0 +1,379 @@
+"""helpers.train: run files, selection on balanced accuracy, exact crash-safe resume, determinism, scale-out.
+
+Tiny settings throughout (synthetic data, 32 px, the light model, 2-3 epochs). The in-process runs and the
+``python -m helpers.train`` subprocess use the same settings, so their weights can be compared exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.classes import CLASS_TO_INDEX
+from helpers.evaluate import compute_metrics
+from helpers.pipeline import make_dataset
+from helpers.train import (
+    SELECTION_METRIC,
+    BalancedSelection,
+    CrashSafeCheckpoint,
+    data_fingerprint,
+    main,
+    prepare_data,
+    read_backup_state,
+    stratified_subset,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"img_size": 32, "batch_size": 16, "model_name": "cpu_light_efficient_cnn", "seed": 42}
+CLI_SETTINGS = ["--img-size", "32", "--batch-size", "16", "--model-name", "cpu_light_efficient_cnn"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+def _train(data_dir: Path, workdir: Path, run_dir: Path, epochs: int, **kwargs):
+    return train(
+        data_dir,
+        epochs=epochs,
+        run_dir=run_dir,
+        figures_dir=workdir / "figures" / run_dir.name,
+        cache=workdir / "cache",
+        verbose=0,
+        **{**SETTINGS, **kwargs},
+    )
+
+
+def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def two_epochs(synthetic_dir: Path, workdir: Path):
+    """A fresh 2-epoch run (kept untouched; tests copy it before changing it)."""
+    return _train(synthetic_dir, workdir, workdir / "two", epochs=2)
+
+
+@pytest.fixture(scope="module")
+def continued(synthetic_dir: Path, workdir: Path, two_epochs):
+    """A copy of the 2-epoch run continued to 3 epochs, after planting what a kill could leave behind."""
+    run_dir = workdir / "continued"
+    shutil.copytree(two_epochs.run_dir, run_dir)
+    with open(run_dir / "history.csv", "a") as f:  # a row written before a kill, without its backup
+        f.write("3,0.5,0.5,1.0,0.5,0.5,0.5,0.001,1.0\n")
+    (run_dir / "backup" / ".tmp-0003-999").mkdir()  # a half-written snapshot
+    (run_dir / "backup" / ".tmp-0003-999" / "state.weights.h5").write_bytes(b"partial")
+    (run_dir / "backup" / "epoch-0009").mkdir()  # a folder without its state: never trusted
+    (run_dir / ".best.keras.999.tmp").write_bytes(b"partial")  # a half-published best model
+    # A different learning rate must be ignored: the optimizer state (with its LR) is restored.
+    return _train(synthetic_dir, workdir, run_dir, epochs=3, learning_rate=0.5)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": 2.5}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": -8}, "batch_size"),
+        ({"img_size": 0}, "img_size"),
+        ({"img_size": "64"}, "img_size"),
+        ({"img_size": 32.0}, "img_size"),
+        ({"model_name": "resnet50"}, "model_name"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"max_images": 0}, "max_images"),
+        ({"patience": -1}, "patience"),
+    ],
+)
+def test_bad_parameters_fail_before_any_work(tmp_path: Path, kwargs: dict, message: str):
+    run_dir = tmp_path / "run"
+    params = {"epochs": 2, **SETTINGS, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path / "no-such-data", run_dir=run_dir, **params)  # the data is never looked at
+    assert not run_dir.exists()
+
+
+def test_unwritable_run_dir_fails_before_loading_data(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="run_dir"):
+        train(tmp_path / "no-such-data", run_dir=blocker / "run", epochs=1, **SETTINGS)
+
+
+def test_split_without_val_images_is_refused(synthetic_dir: Path):
+    df = prepare_data(synthetic_dir, seed=1, verbose=False)
+    df = df[df["split"] != "val"]
+    with pytest.raises(ValueError, match="no 'val' images"):
+        prepare_data(df=df, verbose=False)
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_stratified_subset_keeps_every_split_and_class(synthetic_dir: Path):
+    df = prepare_data(synthetic_dir, seed=3, verbose=False)
+    small = stratified_subset(df, 40, seed=3)
+    assert len(small) == 40
+    groups = df.groupby(["split", "dx"]).size()
+    kept = small.groupby(["split", "dx"]).size().reindex(groups.index, fill_value=0)
+    assert (kept >= 1).all(), "every split x class group keeps an image"
+    assert small.equals(stratified_subset(df, 40, seed=3)), "seeded"
+    assert not small.equals(stratified_subset(df, 40, seed=4))
+    assert data_fingerprint(small) != data_fingerprint(df)
+    assert stratified_subset(df, None) is df
+
+
+# ------------------------------------------------------------------------------------------ a run
+def test_run_writes_its_files(two_epochs, workdir: Path):
+    run = two_epochs
+    assert {p.name for p in run.run_dir.iterdir()} >= {"best.keras", "history.csv", "manifest.json", "backup"}
+    assert [p.name for p in (run.run_dir / "backup").iterdir()] == ["epoch-0002"]
+    assert not [p.name for p in run.run_dir.rglob(".*")], "no temporary files left behind"
+    assert run.figure_path == workdir / "figures" / "two" / "training_history.png"
+    assert run.figure_path.stat().st_size > 1000
+    history = pd.read_csv(run.run_dir / "history.csv")
+    assert history["epoch"].tolist() == [1, 2] and run.epochs_completed == 2 and run.start_epoch == 0
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", SELECTION_METRIC, "val_macro_f1"):
+        assert history[column].notna().all(), column
+    assert history["learning_rate"].tolist() == pytest.approx([1e-3, 1e-3])
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["epochs_completed"] == 2
+    assert manifest["best_epoch"] == run.best_epoch and manifest["best_value"] == pytest.approx(
+        run.best_value
+    )
+    assert manifest["seed"] == 42 and manifest["identity"]["model_name"] == "cpu_light_efficient_cnn"
+    assert set(manifest["class_weights"]) == set(CLASS_TO_INDEX)
+    assert manifest["class_weights"]["nv"] < 1 < manifest["class_weights"]["df"]
+    assert manifest["versions"]["tensorflow"] and manifest["started_at"] <= manifest["finished_at"]
+    assert len(manifest["data"]["fingerprint"]) == 64 and manifest["data"]["images"]["test"] > 0
+    assert "git_commit" in manifest
+
+
+def _best_row(history: pd.DataFrame) -> pd.Series:
+    """The first epoch with the highest val_balanced_accuracy, ties going to the lower val_loss."""
+    order = history.assign(neg=-history[SELECTION_METRIC]).sort_values(["neg", "val_loss", "epoch"])
+    return order.iloc[0]
+
+
+def test_best_model_is_the_epoch_with_highest_val_balanced_accuracy(two_epochs, synthetic_dir: Path, workdir):
+    best_row = _best_row(two_epochs.history)
+    assert two_epochs.best_epoch == best_row["epoch"]
+    val = prepare_data(synthetic_dir, seed=42, verbose=False).query("split == 'val'")
+    ds = make_dataset(val, 32, 16, training=False, cache=workdir / "cache", progress=False)
+    probs = keras.models.load_model(two_epochs.best_model_path).predict(ds, verbose=0)
+    metrics = compute_metrics(val["dx"].to_numpy(), probs, n_bootstrap=0)
+    assert metrics["balanced_accuracy"] == pytest.approx(best_row[SELECTION_METRIC], abs=1e-9)
+    assert metrics["accuracy"] == pytest.approx(best_row["val_accuracy"], abs=1e-9)
+
+
+def test_selection_uses_balanced_accuracy_then_val_loss_and_stops_early(tmp_path: Path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(7, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    selection = BalancedSelection(patience=2)
+    checkpoint = CrashSafeCheckpoint(tmp_path, selection, None, identity={}, manifest={"sessions": [{}]})
+    for callback in (selection, checkpoint):
+        callback.set_model(model)
+    checkpoint.on_train_begin()
+    # (val_accuracy, val_balanced_accuracy, val_loss): epoch 2 beats epochs 1 and 3 on balanced accuracy
+    # although they have the higher accuracy; epoch 4 ties with it at a lower loss, epoch 5 at a higher loss;
+    # epoch 6 is the second epoch without a new best.
+    scores = [
+        (0.9, 0.2, 1.0),
+        (0.5, 0.6, 1.2),
+        (0.95, 0.4, 0.5),
+        (0.6, 0.6, 1.1),
+        (0.7, 0.6, 1.15),
+        (0.8, 0.5, 0.9),
+    ]
+    for epoch, (accuracy, balanced, loss) in enumerate(scores):
+        model.layers[0].kernel.assign(np.full((3, 7), float(epoch + 1)))  # mark the weights with the epoch
+        logs = {"loss": 1.0, "val_accuracy": accuracy, SELECTION_METRIC: balanced, "val_loss": loss}
+        checkpoint.on_epoch_begin(epoch)
+        selection.on_epoch_end(epoch, logs)
+        checkpoint.on_epoch_end(epoch, logs)
+        assert model.stop_training == (epoch == 5), "stops after patience=2 epochs without a new best"
+    best = keras.models.load_model(tmp_path / "best.keras")
+    assert np.all(best.layers[0].kernel.numpy() == 4.0)
+    state = read_backup_state(tmp_path)["selection"]
+    assert state == {
+        "metric": SELECTION_METRIC,
+        "value": 0.6,
+        "val_loss": 1.1,
+        "epoch": 4,
+        "wait": 2,
+        "stopped_early": True,
+    }
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_continuing_a_finished_run_trains_only_the_extra_epoch(two_epochs, continued):
+    assert continued.start_epoch == 2 and continued.epochs_completed == 3
+    history = pd.read_csv(continued.run_dir / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3], "the planted row 3 is replaced, not duplicated"
+    pd.testing.assert_frame_equal(history.iloc[:2], pd.read_csv(two_epochs.run_dir / "history.csv"))
+    steps = int(two_epochs.model.optimizer.iterations.numpy()) // 2
+    assert int(continued.model.optimizer.iterations.numpy()) == 3 * steps, "optimizer state continues"
+    before = read_backup_state(two_epochs.run_dir)
+    assert history["learning_rate"].iloc[2] == pytest.approx(before["learning_rate"]), "LR not reset to 0.5"
+    after = read_backup_state(continued.run_dir)
+    assert after["epoch"] == 3
+    assert [p.name for p in (continued.run_dir / "backup").iterdir()] == ["epoch-0003"]
+    assert not [p.name for p in continued.run_dir.rglob(".*")], "no temporary files left behind"
+    selection, best_row = after["selection"], _best_row(history)
+    assert selection["epoch"] == best_row["epoch"] == continued.best_epoch, "selection kept its best"
+    assert selection["wait"] == 3 - best_row["epoch"], "early-stopping counter continued"
+    manifest = json.loads((continued.run_dir / "manifest.json").read_text())
+    assert [s["start_epoch"] for s in manifest["sessions"]] == [0, 2]
+    assert manifest["epochs_completed"] == 3
+    keras.models.load_model(continued.best_model_path)
+
+
+def test_rerun_of_a_finished_run_trains_nothing(synthetic_dir: Path, workdir: Path, continued):
+    again = _train(synthetic_dir, workdir, continued.run_dir, epochs=3)
+    assert again.start_epoch == again.epochs_completed == 3
+    assert again.best_epoch == continued.best_epoch
+    assert _same_weights(again.model.get_weights(), continued.model.get_weights())
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"img_size": 48}, "img_size: saved 32, now 48"),
+        ({"model_name": "default"}, "model_name"),
+        ({"max_images": 60}, "data_fingerprint"),
+        ({"batch_size": 8}, "batch_size"),
+    ],
+)
+def test_resume_with_other_settings_is_refused(synthetic_dir, workdir, two_epochs, change: dict, named: str):
+    with pytest.raises(ValueError, match=rf"{named}.*new run_dir.*resume=False"):
+        _train(synthetic_dir, workdir, two_epochs.run_dir, epochs=3, **change)
+    assert read_backup_state(two_epochs.run_dir)["epoch"] == 2, "the refused run is untouched"
+
+
+def test_resume_false_starts_fresh_and_same_seed_repeats_the_run_exactly(
+    synthetic_dir, workdir, two_epochs, continued
+):
+    run_dir = workdir / "fresh"
+    shutil.copytree(two_epochs.run_dir, run_dir)  # a 2-epoch run to discard (resuming it would start at 2)
+    fresh = _train(synthetic_dir, workdir, run_dir, epochs=3, resume=False)
+    assert fresh.start_epoch == 0 and pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    assert [p.name for p in (run_dir / "backup").iterdir()] == ["epoch-0003"]
+    # Same seed and data: the first two epochs repeat the 2-epoch run bit for bit (losses and val metrics)...
+    pd.testing.assert_frame_equal(
+        fresh.history.drop(columns="seconds").iloc[:2], two_epochs.history.drop(columns="seconds")
+    )
+    # ...and 3 uninterrupted epochs end with exactly the weights of 2 epochs + 1 resumed epoch.
+    assert _same_weights(fresh.model.get_weights(), continued.model.get_weights())
+    pd.testing.assert_frame_equal(
+        fresh.history.drop(columns="seconds"), continued.history.drop(columns="seconds")
+    )
+
+
+def _history_rows(path: Path) -> int:
+    try:
+        return len(pd.read_csv(path))
+    except (OSError, pd.errors.EmptyDataError):
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(synthetic_dir, workdir, continued):
+    run_dir = workdir / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "helpers.train",
+        "--data-dir",
+        str(synthetic_dir),
+        "--run-dir",
+        str(run_dir),
+    ]
+    command += ["--epochs", "3", "--figures-dir", str(workdir / "figures" / "killed"), *CLI_SETTINGS]
+    env = {**os.environ, "DERM_CACHE_DIR": str(workdir / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = workdir / "killed.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 240
+        while _history_rows(run_dir / "history.csv") < 1:
+            assert process.poll() is None, f"training process ended early:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "no epoch completed in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed_at = read_backup_state(run_dir)["epoch"]
+
+    resumed = _train(synthetic_dir, workdir, run_dir, epochs=3)
+    assert 1 <= resumed.start_epoch == killed_at < 3, "the kill landed before the run finished"
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    assert _same_weights(resumed.model.get_weights(), continued.model.get_weights()), (
+        "killed + resumed run must end with the weights of the run trained without a kill"
+    )
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns="seconds"), continued.history.drop(columns="seconds")
+    )
+    keras.models.load_model(resumed.best_model_path)
+
+
+def test_cli_reports_bad_parameters_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main(["--epochs", "0", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "error: epochs must be an int >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ scale-out
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from helpers.train import train
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    data_dir, run_dir, cache = sys.argv[1:4]
+    kw = dict(img_size=32, batch_size=16, model_name="cpu_light_efficient_cnn", run_dir=run_dir,
+              figures_dir=run_dir + "-fig", cache=cache, verbose=0, strategy=strategy)
+    result = train(data_dir, epochs=2, **kw)
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "epochs": result.history["epoch"].tolist(),
+                      "iterations": int(result.model.optimizer.iterations.numpy())}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(synthetic_dir: Path, workdir: Path):
+    run_dir = workdir / "mirrored"
+    command = [
+        sys.executable,
+        "-c",
+        MIRRORED_SCRIPT,
+        str(synthetic_dir),
+        str(run_dir),
+        str(workdir / "cache"),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2 and report["epochs"] == [1, 2]
+    train_images = (prepare_data(synthetic_dir, verbose=False)["split"] == "train").sum()
+    assert report["iterations"] == 2 * (train_images // 16), "global batch 16 split over the two replicas"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (
+        manifest["sessions"][0]["replicas"] == 2 and manifest["sessions"][0]["strategy"] == "MirroredStrategy"
+    )
+    keras.models.load_model(run_dir / "best.keras")
