@@ -67,3 +67,22 @@ def test_notebook_runs_headless(name: str):
     text = _outputs_text(output)
     for expected in EXPECTED_TEXT.get(name, []):
         assert expected in text, f"{name}: expected output {expected!r} not found"
+
+
+@pytest.mark.slow
+def test_notebook_01_runs_on_real_partial_download(ham_dir, tmp_path):
+    """Notebook 01 on the real metadata with only 175 of its 10,015 images present."""
+    output = tmp_path / "01_real.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "01_explore_metadata.ipynb"),
+        str(output),
+        parameters={"data_dir": str(ham_dir), "out_dir": str(tmp_path / "figures")},
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+    )
+    text = _outputs_text(output)
+    assert "Usable:   175 images" in text
+    assert "9840 listed images have no file" in text
+    assert "lesions present in more than one split: 0" in text
+    assert "0.669496" in text  # always-nv accuracy on all 10,015 labelled rows
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 5
