@@ -464,18 +464,32 @@ def _mode(values: pd.Series) -> str:
 
 
 def subsample(df: pd.DataFrame, max_images: int | None, seed: int = 42) -> pd.DataFrame:
-    """At most ``max_images`` rows for quick runs, keeping class shares and at least 3 images of every class
-    (or all it has); ``None`` returns ``df`` unchanged."""
-    if max_images is None or max_images >= len(df):
+    """At most ``max_images`` rows, sampled (seeded) in proportion within each split x class group.
+
+    Every non-empty group keeps at least one image when ``max_images`` allows, so small smoke runs still see
+    every class in every split. Row order is preserved. ``None`` or a large enough ``max_images`` returns
+    ``df`` unchanged.
+    """
+    if max_images is None:
         return df
     if not isinstance(max_images, int) or max_images < 1:
         raise ValueError(f"max_images must be a positive int or None, got {max_images!r}.")
-    counts = df["dx"].value_counts()
-    alloc = np.maximum(np.floor(counts * max_images / len(df)), np.minimum(counts, 3)).astype(int)
-    alloc[alloc.idxmax()] += max_images - alloc.sum()  # the largest class absorbs the rounding
-    rng = np.random.default_rng(seed)
-    keep = [rng.choice(df.index[df["dx"] == dx], size=max(n, 0), replace=False) for dx, n in alloc.items()]
-    return df.loc[np.sort(np.concatenate(keep))].reset_index(drop=True)
+    if len(df) <= max_images:
+        return df
+    keys = ["split", "dx"] if "split" in df.columns else "dx"
+    sizes = df.groupby(keys, sort=True).size()
+    quota = sizes * max_images / len(df)
+    n = np.floor(quota).astype(int)
+    if max_images >= len(sizes):
+        n = n.clip(lower=1)
+    for key in (quota - n).sort_values(ascending=False, kind="stable").index:
+        if n.sum() >= max_images:
+            break
+        n[key] += int(n[key] < sizes[key])
+    while n.sum() > max_images:
+        n[n.idxmax()] -= 1
+    parts = [group.sample(int(n[key]), random_state=seed) for key, group in df.groupby(keys, sort=True)]
+    return df.loc[sorted(pd.concat(parts).index)]
 
 
 def split_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -640,14 +640,15 @@ def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, b
     (as :func:`helpers.train.prepare_data` does: on all images, before any ``max_images`` subset). The match
     is ``None`` without a manifest and ``False`` (with a warning) when the data differs from training's.
     """
-    from helpers.train import data_fingerprint, stratified_subset
+    from helpers.data import subsample
+    from helpers.train import data_fingerprint
 
     seed = manifest.get("seed", DEFAULT_SPLIT_SEED)
     split_df = split_by_lesion(df, seed=seed)
     expected = manifest.get("data", {}).get("fingerprint")
     if not expected:
         return split_df, None
-    trained_on = stratified_subset(split_df, manifest.get("parameters", {}).get("max_images"), seed)
+    trained_on = subsample(split_df, manifest.get("parameters", {}).get("max_images"), seed)
     matches = data_fingerprint(trained_on) == expected
     if not matches:
         warnings.warn(
@@ -662,7 +663,7 @@ def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, b
 
 def select_split(df: pd.DataFrame, split: str, max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
     """The rows of ``split`` (every row for ``"all"``), at most ``max_images`` (stratified by class)."""
-    from helpers.train import stratified_subset
+    from helpers.data import subsample
 
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {list(SPLIT_CHOICES)}; got {split!r}.")
@@ -677,7 +678,7 @@ def select_split(df: pd.DataFrame, split: str, max_images: int | None = None, se
                 "or split='all' to evaluate every image (e.g. an external test set)."
             )
         rows = df[df["split"] == split]
-    return stratified_subset(rows, max_images, seed).reset_index(drop=True)
+    return subsample(rows, max_images, seed).reset_index(drop=True)
 
 
 def predict_probs(

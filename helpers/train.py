@@ -50,7 +50,7 @@ import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX, NUM_CLASSES
-from helpers.data import class_weights, load_metadata, split_by_lesion
+from helpers.data import class_weights, load_metadata, split_by_lesion, subsample
 from helpers.evaluate import write_json
 from helpers.models import DEFAULT_MODEL, MIN_IMG_SIZE, MODEL_NAMES, build_model, count_params
 from helpers.paths import MODELS_DIR, PROJECT_ROOT, VISUALIZATIONS_DIR
@@ -71,7 +71,6 @@ __all__ = [
     "prepare_data",
     "read_backup_state",
     "resume_summary",
-    "stratified_subset",
     "train",
     "validation_scores",
 ]
@@ -168,31 +167,6 @@ def _ensure_writable(run_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ data
-def stratified_subset(df: pd.DataFrame, max_images: int | None, seed: int = 42) -> pd.DataFrame:
-    """At most ``max_images`` rows, sampled (seeded) in proportion within each split x class group.
-
-    Every non-empty group keeps at least one image when ``max_images`` allows, so small smoke runs still see
-    every class in every split. Row order is preserved. ``None`` or a large enough ``max_images`` returns
-    ``df`` unchanged.
-    """
-    if max_images is None or len(df) <= max_images:
-        return df
-    keys = [c for c in ("split", "dx") if c in df.columns]
-    sizes = df.groupby(keys, sort=True).size()
-    quota = sizes * max_images / len(df)
-    n = np.floor(quota).astype(int)
-    if max_images >= len(sizes):
-        n = n.clip(lower=1)
-    for key in (quota - n).sort_values(ascending=False, kind="stable").index:
-        if n.sum() >= max_images:
-            break
-        n[key] += int(n[key] < sizes[key])
-    while n.sum() > max_images:
-        n[n.idxmax()] -= 1
-    parts = [group.sample(int(n[key]), random_state=seed) for key, group in df.groupby(keys, sort=True)]
-    return df.loc[sorted(pd.concat(parts).index)]
-
-
 def prepare_data(
     data_dir: str | Path = "auto",
     df: pd.DataFrame | None = None,
@@ -204,7 +178,7 @@ def prepare_data(
 
     ``df`` (from :func:`helpers.data.load_metadata`, split or not) is used instead of loading ``data_dir``. A
     missing split is made by :func:`helpers.data.split_by_lesion` with ``seed``; the split is computed on all
-    images before ``max_images`` subsets them (see :func:`stratified_subset`), so an image keeps its split.
+    images before ``max_images`` subsets them (:func:`helpers.data.subsample`), so an image keeps its split.
     """
     if df is None:
         df = load_metadata(data_dir, verbose=verbose)
@@ -215,7 +189,7 @@ def prepare_data(
         raise ValueError(f"df lacks column(s) {missing}; pass the DataFrame returned by load_metadata.")
     if "split" not in df.columns or df["split"].isna().any():
         df = split_by_lesion(df, seed=seed)
-    subset = stratified_subset(df, max_images, seed)
+    subset = subsample(df, max_images, seed)
     subset.attrs = dict(df.attrs)
     for split in ("train", "val"):
         if not (subset["split"] == split).any():

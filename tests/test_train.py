@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from helpers.classes import CLASS_TO_INDEX
+from helpers.data import subsample
 from helpers.evaluate import compute_metrics
 from helpers.pipeline import make_dataset
 from helpers.train import (
@@ -32,7 +33,6 @@ from helpers.train import (
     main,
     prepare_data,
     read_backup_state,
-    stratified_subset,
     train,
 )
 
@@ -125,15 +125,15 @@ def test_split_without_val_images_is_refused(synthetic_dir: Path):
 # ------------------------------------------------------------------------------------------ data
 def test_stratified_subset_keeps_every_split_and_class(synthetic_dir: Path):
     df = prepare_data(synthetic_dir, seed=3, verbose=False)
-    small = stratified_subset(df, 40, seed=3)
+    small = subsample(df, 40, seed=3)
     assert len(small) == 40
     groups = df.groupby(["split", "dx"]).size()
     kept = small.groupby(["split", "dx"]).size().reindex(groups.index, fill_value=0)
     assert (kept >= 1).all(), "every split x class group keeps an image"
-    assert small.equals(stratified_subset(df, 40, seed=3)), "seeded"
-    assert not small.equals(stratified_subset(df, 40, seed=4))
+    assert small.equals(subsample(df, 40, seed=3)), "seeded"
+    assert not small.equals(subsample(df, 40, seed=4))
     assert data_fingerprint(small) != data_fingerprint(df)
-    assert stratified_subset(df, None) is df
+    assert subsample(df, None) is df
 
 
 # ------------------------------------------------------------------------------------------ a run
