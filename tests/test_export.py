@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from model_utils import set_batchnorm_statistics
 
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
 from helpers.data import load_metadata, split_by_lesion
@@ -27,20 +28,6 @@ from helpers.models import build_model
 from helpers.pipeline import load_images
 
 SIZE = 28
-
-
-def _set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
-    """Set every BatchNorm's moving mean/variance to the statistics of ``images`` (one training-mode pass).
-
-    A few epochs are too few for the moving averages to catch up, so the briefly trained model would predict
-    one class in inference mode; re-estimating them makes it behave like a properly trained one.
-    """
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
-        layer.momentum = 0.0
-    model(images.astype(np.float32), training=True)
-    for layer in layers:
-        layer.momentum = 0.99
 
 
 def _dihedral(images: np.ndarray) -> np.ndarray:
@@ -72,7 +59,7 @@ def trained_model(data: dict) -> keras.Model:
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", jit_compile=False)
     images, labels = _dihedral(data["train_images"]).astype(np.float32), np.tile(data["train_labels"], 8)
     model.fit(images, labels, epochs=3, batch_size=16, verbose=0)
-    _set_batchnorm_statistics(model, data["train_images"])
+    set_batchnorm_statistics(model, data["train_images"])
     return model
 
 

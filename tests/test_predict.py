@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from model_utils import set_batchnorm_statistics
 from PIL import Image
 
 from helpers.classes import CLASS_FULL_NAMES, CLASS_NAMES
@@ -28,23 +29,13 @@ SIZE = 32
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 
 
-def _set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
-    """Set every BatchNorm's moving mean/variance to the statistics of ``images`` (one training-mode pass)."""
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
-        layer.momentum = 0.0
-    model(images.astype(np.float32), training=True)
-    for layer in layers:
-        layer.momentum = 0.99
-
-
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained default model, its BatchNorm statistics set on colour blocks so outputs vary per image."""
     keras.utils.set_random_seed(3)
     model = build_model("default", SIZE)
     blocks = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 3))
-    _set_batchnorm_statistics(model, np.repeat(np.repeat(blocks, SIZE // 4, axis=1), SIZE // 4, axis=2))
+    set_batchnorm_statistics(model, np.repeat(np.repeat(blocks, SIZE // 4, axis=1), SIZE // 4, axis=2))
     folder = tmp_path_factory.mktemp("predict_models")
     model.save(folder / "model.keras")
     return {"keras": folder / "model.keras", "tflite": export_tflite(model, folder / "model.tflite")}
