@@ -62,11 +62,13 @@ class ValidationReport:
     usable_images: int
     missing_images: list[str] = field(default_factory=list)
     corrupt_images: list[dict[str, str]] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)
     duplicate_image_files: int = 0
     unlisted_image_files: int = 0
     age_values_not_numeric: int = 0
     lesions_with_several_labels: list[str] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
+    classes_without_images: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The report as plain data (JSON-serialisable)."""
@@ -87,6 +89,11 @@ class ValidationReport:
         if self.corrupt_images:
             shown = "; ".join(f"{c['path']} ({c['reason']})" for c in self.corrupt_images[:3])
             lines.append(f"Excluded: {len(self.corrupt_images)} unreadable/corrupt image files: {shown}")
+        if self.unreadable_folders:
+            lines.append(
+                f"Skipped:  {len(self.unreadable_folders)} folders that cannot be read: "
+                f"{', '.join(self.unreadable_folders[:3])}"
+            )
         if self.duplicate_image_files:
             lines.append(f"Ignored:  {self.duplicate_image_files} duplicate copies of the same image file")
         if self.unlisted_image_files:
@@ -100,6 +107,8 @@ class ValidationReport:
             )
         counts = ", ".join(f"{k} {v}" for k, v in self.class_counts.items())
         lines.append(f"Classes:  {counts}")
+        if self.classes_without_images:
+            lines.append(f"No images of: {', '.join(self.classes_without_images)} (cannot be learned)")
         return "\n".join(lines)
 
 
@@ -190,15 +199,17 @@ def _is_isic_onehot(columns: set[str]) -> bool:
     return "image" in columns and {c.upper() for c in CLASS_NAMES} <= columns
 
 
-def index_images(root: str | Path) -> tuple[dict[str, Path], int]:
-    """Map image id (file stem) to path for every image below ``root``; also count duplicate copies.
+def index_images(root: str | Path) -> tuple[dict[str, Path], int, list[str]]:
+    """Map image id (file stem) to path for every image below ``root``; also count duplicate copies and
+    list the folders that could not be read (e.g. no permission).
 
     Kaggle's download holds each image twice (``HAM10000_images_part_1`` and ``ham10000_images_part_1``); the
     first path in sorted order wins.
     """
     index: dict[str, Path] = {}
     duplicates = 0
-    for dirpath, dirs, files in os.walk(root):
+    unreadable: list[str] = []
+    for dirpath, dirs, files in os.walk(root, onerror=lambda err: unreadable.append(str(err.filename))):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "cache")
         for name in sorted(files):
             path = Path(dirpath) / name
@@ -208,7 +219,7 @@ def index_images(root: str | Path) -> tuple[dict[str, Path], int]:
                 duplicates += 1
             else:
                 index[path.stem] = path
-    return index, duplicates
+    return index, duplicates, unreadable
 
 
 # ---------------------------------------------------------------- reading and validating
@@ -314,7 +325,7 @@ def check_image(path: str | Path) -> str | None:
             img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
             img.load()
     except PermissionError:
-        return "permission denied"
+        return "permission denied (make it readable: chmod a+r)"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"cannot be decoded: {err}"
     return None
@@ -336,7 +347,7 @@ def load_metadata(
     csv_path = Path(metadata_csv) if metadata_csv is not None else find_metadata_csv(root)
     df = read_metadata_csv(csv_path)
     listed = set(df["image_id"])
-    images, duplicate_files = index_images(root)
+    images, duplicate_files, unreadable_folders = index_images(root)
     df["path"] = df["image_id"].map(lambda i: str(images[i]) if i in images else None)
     missing = df.loc[df["path"].isna(), "image_id"].tolist()
     df = df[df["path"].notna()].reset_index(drop=True)
@@ -352,11 +363,13 @@ def load_metadata(
         usable_images=len(df),
         missing_images=missing,
         corrupt_images=corrupt,
+        unreadable_folders=unreadable_folders,
         duplicate_image_files=duplicate_files,
         unlisted_image_files=len(set(images) - listed),
         age_values_not_numeric=bad_age,
         lesions_with_several_labels=_multi_label_lesions(df),
         class_counts={c: int((df["dx"] == c).sum()) for c in CLASS_NAMES},
+        classes_without_images=[c for c in CLASS_NAMES if not (df["dx"] == c).any()],
     )
     _warn_exclusions(report)
     if df.empty:
@@ -413,6 +426,20 @@ def _warn_exclusions(report: ValidationReport) -> None:
         listed = ", ".join(c["path"] for c in report.corrupt_images[:5])
         warnings.warn(
             f"Excluded {len(report.corrupt_images)} unreadable image file(s): {listed}. Re-download them.",
+            stacklevel=3,
+        )
+    if report.unreadable_folders:
+        warnings.warn(
+            f"Could not read {len(report.unreadable_folders)} folder(s) below {report.image_root} "
+            f"({', '.join(report.unreadable_folders[:3])}): their images count as missing. Fix the folders' "
+            "permissions (chmod a+rx) to use them.",
+            stacklevel=3,
+        )
+    if report.classes_without_images and report.usable_images:
+        warnings.warn(
+            f"No usable images of class(es) {report.classes_without_images}: a model trained on this data "
+            "cannot learn them and its metrics say nothing about them (training and evaluation go on with "
+            "the other classes). Add images of these classes.",
             stacklevel=3,
         )
     if report.lesions_with_several_labels:
@@ -517,6 +544,13 @@ def class_weights(labels: pd.Series | np.ndarray) -> dict[int, float]:
     ids = labels.map(CLASS_TO_INDEX) if labels.dtype == object or isinstance(labels.iloc[0], str) else labels
     ids = ids.astype(int).to_numpy()
     present = np.unique(ids)
+    absent = [CLASS_NAMES[i] for i in range(len(CLASS_NAMES)) if i not in present]
+    if absent:
+        warnings.warn(
+            f"No training images of class(es) {absent}: the model cannot learn them (training goes on with "
+            "the other classes; their weight is 1.0). Add images of these classes or fix the split.",
+            stacklevel=2,
+        )
     weights = compute_class_weight("balanced", classes=present, y=ids)
     result = {i: 1.0 for i in range(len(CLASS_NAMES))}
     result.update({int(c): float(w) for c, w in zip(present, weights, strict=True)})

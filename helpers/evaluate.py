@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from sklearn.metrics import (
 
 from helpers.classes import CLASS_NAMES, MELANOMA, NUM_CLASSES
 from helpers.data import load_metadata, split_by_lesion
+from helpers.files import atomic_write
 from helpers.paths import MODELS_DIR, PROJECT_ROOT, VISUALIZATIONS_DIR
 
 if TYPE_CHECKING:
@@ -154,7 +153,7 @@ def check_predictions(
 
 
 def _require_positive_int(value: int, name: str) -> None:
-    if not isinstance(value, int | np.integer) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")
 
 
@@ -510,20 +509,11 @@ def summary_table(
 
 # ----------------------------------------------------------------------------------------------- output
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented strict JSON atomically (temp file + ``os.replace``); NaN becomes null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``obj`` as indented strict JSON atomically (:func:`helpers.files.atomic_write`); NaN -> null."""
     text = json.dumps(_clean(obj), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -756,6 +746,7 @@ def evaluate_model(
     """
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {list(SPLIT_CHOICES)}; got {split!r}.")
+    _require_positive_int(batch_size, "batch_size")
     path = resolve_model_path(model_path)
     model = load_model(path)
     manifest = read_manifest(path)
@@ -801,7 +792,8 @@ def evaluate_model(
 
 def _write_outputs(metrics: dict, predictions: pd.DataFrame, out: Path, verbose: bool) -> None:
     write_json(metrics, out / "metrics.json")
-    predictions.to_csv(out / "predictions.csv", index=False)
+    with atomic_write(out / "predictions.csv", "w", newline="") as handle:
+        predictions.to_csv(handle, index=False)
     if verbose:
         n, split = metrics["n_images"], metrics["split"]
         print(f"Evaluated {n} {split} images; wrote metrics.json and predictions.csv to {out}")

@@ -13,7 +13,6 @@ Quantization choices:
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from helpers.evaluate import label_ids
+from helpers.files import atomic_write
 from helpers.models import measure_latency
 from helpers.pipeline import load_images
 
@@ -153,16 +153,8 @@ def _convert(function, quantization: str, calibration: np.ndarray | None) -> byt
 
 def _atomic_write(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
     return path
 
 
@@ -302,7 +294,8 @@ def export_report(
             _row(f"tflite_{quantization}", path, probs, reference, y, tflite_latency(interpreter, runs))
         )
     table = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    table.to_csv(out_dir / "export_report.csv", index=False)
+    with atomic_write(out_dir / "export_report.csv", "w", newline="") as handle:
+        table.to_csv(handle, index=False)
     return table
 
 

@@ -31,10 +31,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
+from helpers.files import atomic_write, free_bytes, megabytes, remove_stale_temporaries
 from helpers.paths import cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when decoding/resizing changes so old cache files are no longer used."""
+
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""Pillow modes of 16-bit grayscale images: scaled from 0..65535 to 0..255 (Pillow's convert would clip)."""
+
+CACHE_SPACE_MARGIN = 256 * 2**20
+"""Free space (bytes) left on the cache's disk after writing a cache file; otherwise no cache is written."""
 
 _LUMA = (0.299, 0.587, 0.114)
 _SPLITS = ("train", "val", "test")
@@ -62,9 +69,11 @@ class AugmentConfig:
 def decode_image(path: str | Path, img_size: int) -> np.ndarray:
     """Decode one image file to a uint8 RGB array of shape ``(img_size, img_size, 3)``.
 
-    JPEGs are downscaled in the DCT domain first (``Image.draft``), then the EXIF orientation is applied and
-    the image is squashed to a square with bilinear (antialiased) resampling. Raises FileNotFoundError for a
-    missing file and ValueError naming the file when it cannot be decoded.
+    JPEGs are downscaled in the DCT domain first (``Image.draft``), so even a 12000 x 9000 photo decodes at
+    a fraction of its size; then the EXIF orientation is applied, 16-bit grayscale is scaled to 8 bits, any
+    other mode is converted to RGB, and the image is squashed to a square with bilinear (antialiased)
+    resampling. Raises FileNotFoundError for a missing file and ValueError naming the file and what to do
+    when it cannot be read or decoded.
     """
     img_size = _check_positive_int(img_size, "img_size")
     path = Path(path)
@@ -72,11 +81,17 @@ def decode_image(path: str | Path, img_size: int) -> np.ndarray:
         with Image.open(path) as im:
             im.draft("RGB", (img_size, img_size))
             im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB")
-            rgb = rgb.resize((img_size, img_size), Image.Resampling.BILINEAR)
+            if im.mode in HIGH_BIT_DEPTH_MODES:
+                im = im.point(lambda v: v / 257).convert("L")
+            rgb = im.convert("RGB").resize((img_size, img_size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"Image file not found: {path}") from None
+    except PermissionError as err:
+        raise ValueError(
+            f"Cannot read image {path}: permission denied. Make it readable (chmod a+r) or remove it from "
+            "the metadata (helpers.data.load_metadata excludes unreadable files)."
+        ) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(
             f"Cannot decode image {path}: {err}. Remove it from the metadata (helpers.data.load_metadata "
@@ -139,21 +154,26 @@ def _read_cache(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray | Non
 
 
 def _write_cache(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` atomically (temporary file in the same folder, then ``os.replace``); warn on failure."""
-    tmp_name = None
+    """Write ``arr`` atomically (see :func:`helpers.files.atomic_write`); warn and go on when it fails."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False) as f:
-            tmp_name = f.name
+        with atomic_write(path) as f:
             np.save(f, arr, allow_pickle=False)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
     except OSError as err:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        warnings.warn(
-            f"Could not write image cache {path}: {err}; continuing without a disk cache.", stacklevel=3
-        )
+        warnings.warn(f"{err} Continuing without a disk cache.", stacklevel=3)
+
+
+def _cache_fits(path: Path, n_bytes: int) -> bool:
+    """Whether a cache file of ``n_bytes`` leaves :data:`CACHE_SPACE_MARGIN` free; warns when it does not."""
+    free = free_bytes(path.parent)
+    if free >= n_bytes + CACHE_SPACE_MARGIN:
+        return True
+    warnings.warn(
+        f"Not writing the image cache {path}: it needs {megabytes(n_bytes)} and only {megabytes(free)} are "
+        f"free there (keeping {megabytes(CACHE_SPACE_MARGIN)} for checkpoints). Images are decoded in memory "
+        "instead; free disk space or set DERM_CACHE_DIR to a folder on a larger disk to cache them.",
+        stacklevel=4,
+    )
+    return False
 
 
 def _load_unique(
@@ -165,6 +185,9 @@ def _load_unique(
     shape = (len(unique), img_size, img_size, 3)
     images = _read_cache(target, shape) if target is not None else None
     if images is None:
+        if target is not None:
+            remove_stale_temporaries(target.parent)  # left by writers that were killed
+            target = target if _cache_fits(target, int(np.prod(shape))) else None
         workers = workers or min(os.cpu_count() or 1, 8)
         images = _decode_all(list(unique), img_size, workers, progress)
         if target is not None:

@@ -17,7 +17,7 @@ import keras
 import matplotlib
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from helpers.classes import CLASS_FULL_NAMES, CLASS_NAMES
 from helpers.export import keras_predict, load_interpreter, load_keras_model, model_input_size, tflite_predict
@@ -26,7 +26,6 @@ from helpers.pipeline import decode_image
 MAX_IMAGE_PIXELS = 150_000_000
 """Largest image accepted (width x height, e.g. 15000 x 10000): beyond it decoding could exhaust memory."""
 
-_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 
 
@@ -81,7 +80,10 @@ def _load_model_cached(path: str, mtime_ns: int, size: int) -> LoadedModel:
     suffix = Path(path).suffix.lower()
     if suffix == ".keras":
         model = load_keras_model(path)
-        return LoadedModel(Path(path), model_input_size(model), model, None)
+        try:
+            return LoadedModel(Path(path), model_input_size(model), model, None)
+        except ValueError as err:
+            raise ValueError(f"Model {path} cannot classify RGB images: {err}") from err
     if suffix == ".tflite":
         interpreter = load_interpreter(path)
         shape = interpreter.get_input_details()[0]["shape_signature"]
@@ -97,11 +99,9 @@ def load_image(image_path: str | Path, img_size: int) -> np.ndarray:
     image or larger than :data:`MAX_IMAGE_PIXELS`.
     """
     path = Path(image_path)
-    mode = _checked_mode(path)
+    _check_size(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size already checked above
-        if mode in _HIGH_BIT_DEPTH_MODES:
-            return _decode_high_bit_depth(path, img_size)
         try:
             return decode_image(path, img_size)
         except ValueError as err:
@@ -110,18 +110,23 @@ def load_image(image_path: str | Path, img_size: int) -> np.ndarray:
             ) from err
 
 
-def _checked_mode(path: Path) -> str:
-    """Read only the header: check the file exists, is an image and is not too large; return its mode."""
+def _check_size(path: Path) -> None:
+    """Read only the header: check the file exists, is an image and is not too large."""
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Image {path} is empty (0 bytes): it was not completely copied. Copy it again.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 width, height = im.size
-                mode = im.mode
     except Image.DecompressionBombError as err:
         raise ValueError(f"Image {path} is too large to decode safely ({err}).") from err
+    except PermissionError as err:
+        raise ValueError(
+            f"Cannot read image {path}: permission denied; make it readable (chmod a+r)."
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"Cannot read image {path}: {err}. Pass a JPEG or PNG file.") from err
     if width * height > MAX_IMAGE_PIXELS:
@@ -130,18 +135,6 @@ def _checked_mode(path: Path) -> str:
             f"the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels allowed (helpers.predict.MAX_IMAGE_PIXELS); "
             "downscale it."
         )
-    return mode
-
-
-def _decode_high_bit_depth(path: Path, img_size: int) -> np.ndarray:
-    """16-bit grayscale PNGs: scale 0..65535 to 0..255 (Pillow's own conversion would clip at 255)."""
-    try:
-        with Image.open(path) as im:
-            gray = ImageOps.exif_transpose(im).point(lambda v: v / 257).convert("L")
-            rgb = gray.convert("RGB").resize((img_size, img_size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"Cannot decode image {path}: {err}. Pass a JPEG or PNG file.") from err
 
 
 # --------------------------------------------------------------------------------------------- prediction
@@ -161,7 +154,10 @@ def predict_image(
     image = load_image(image_path, model.img_size)
     probs = model.predict(image[np.newaxis])[0]
     if len(probs) != len(CLASS_NAMES):
-        raise ValueError(f"Model {model.path} outputs {len(probs)} classes; expected {len(CLASS_NAMES)}.")
+        raise ValueError(
+            f"Model {model.path} outputs {len(probs)} classes; expected {len(CLASS_NAMES)} "
+            f"({', '.join(CLASS_NAMES)}). Use a model trained on the seven HAM10000 classes (helpers.train)."
+        )
     order = np.argsort(-probs, kind="stable")
     top = [(CLASS_NAMES[i], CLASS_FULL_NAMES[CLASS_NAMES[i]], float(probs[i])) for i in order[:top_k]]
     heatmap = overlay = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX, NUM_CLASSES
 from helpers.data import class_weights, load_metadata, split_by_lesion, subsample
 from helpers.evaluate import write_json
+from helpers.files import free_bytes, megabytes
 from helpers.models import DEFAULT_MODEL, MIN_IMG_SIZE, MODEL_NAMES, build_model, count_params
 from helpers.paths import MODELS_DIR, PROJECT_ROOT, VISUALIZATIONS_DIR
 from helpers.pipeline import make_dataset
@@ -87,6 +89,9 @@ _RUN_FILES = ("best.keras", "history.csv", "manifest.json")
 _IDENTITY_KEYS = ("model_name", "img_size", "batch_size", "seed", "data_fingerprint", "architecture")
 _REDUCE_LR_STATE = ("wait", "best", "cooldown_counter")
 _TIE = 1e-12
+MIN_FREE_BYTES = 64 * 2**20
+"""Free space a run folder's disk needs before training starts: two snapshots and the published files (a
+few MB for the models here), with room to spare."""
 
 
 @dataclass
@@ -153,7 +158,8 @@ def _check_params(
 
 
 def _ensure_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and prove a file can be written there; PermissionError with advice otherwise."""
+    """Create ``run_dir``, prove a file can be written there and that its disk has :data:`MIN_FREE_BYTES`
+    free; PermissionError or OSError (ENOSPC) with advice otherwise, before any work is done."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -164,6 +170,14 @@ def _ensure_writable(run_dir: Path) -> None:
             f"run_dir {str(run_dir)!r} cannot be written ({err.strerror or err}); pass a run_dir in a folder "
             "you can write to (e.g. models/<name>)."
         ) from err
+    free = free_bytes(run_dir)
+    if free < MIN_FREE_BYTES:
+        raise OSError(
+            errno.ENOSPC,
+            f"run_dir {str(run_dir)!r} is on a disk with only {megabytes(free)} free; training needs at "
+            f"least {megabytes(MIN_FREE_BYTES)} for its checkpoints. Free disk space or pass a run_dir on "
+            "another disk.",
+        )
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -317,8 +331,11 @@ def _publish(src: Path, dst: Path) -> None:
         return  # already the same file (renaming a hard link onto itself would leave the link behind)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    _link_or_copy(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        _link_or_copy(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _remove_temporaries(run_dir: Path) -> None:
@@ -460,13 +477,36 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
         }
 
     def _commit(self, epoch: int, improved: bool) -> None:
-        """Write the epoch's snapshot into a temporary folder, then commit it with one atomic rename."""
+        """Write the epoch's snapshot into a temporary folder, then commit it with one atomic rename.
+
+        A failing write (disk full, permissions) removes the partial folder and raises an OSError that says
+        which completed epoch is safe and how to continue from it.
+        """
         backup = self.run_dir / BACKUP_DIR
-        backup.mkdir(parents=True, exist_ok=True)
         previous = _latest_snapshot(self.run_dir)
         tmp = backup / f"{_TMP_PREFIX}{epoch:04d}-{os.getpid()}"
+        target = backup / f"{_SNAPSHOT_PREFIX}{epoch:04d}"
+        try:
+            self._write_snapshot(tmp, epoch, improved, previous)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(
+                err.errno,
+                f"Could not save the checkpoint of epoch {epoch} in {backup} ({err.strerror or err}). "
+                + _what_is_safe(previous),
+            ) from err
+        for old in backup.iterdir():
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _write_snapshot(
+        self, tmp: Path, epoch: int, improved: bool, previous: tuple[Path, dict] | None
+    ) -> None:
+        """Every file of the epoch's snapshot, ``state.json`` last (it marks the folder complete)."""
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         self.model.save_weights(tmp / "state.weights.h5")
         np.savez(tmp / "rng.npz", *[np.asarray(v.numpy()) for v in _seed_states(self.model)])
         if improved or previous is None:
@@ -483,20 +523,36 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
         )
         self.manifest["sessions"][-1]["end_epoch"] = epoch
         write_json(self.manifest, tmp / "manifest.json")
-        write_json(self.state(epoch), tmp / "state.json")  # last: marks the folder complete
-        target = backup / f"{_SNAPSHOT_PREFIX}{epoch:04d}"
-        shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
-        for old in backup.iterdir():
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+        write_json(self.state(epoch), tmp / "state.json")
 
     def publish(self) -> None:
         """Copy the newest snapshot's best model, history and manifest into the run folder (atomically)."""
         latest = _latest_snapshot(self.run_dir)
-        if latest is not None:
+        if latest is None:
+            return
+        try:
             for name in _RUN_FILES:
                 _publish(latest[0] / name, self.run_dir / name)
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"Could not copy {name} into {self.run_dir} ({err.strerror or err}). "
+                + _what_is_safe(latest),
+            ) from err
+
+
+def _what_is_safe(snapshot: tuple[Path, dict] | None) -> str:
+    """What a failed write leaves and how to go on (for error messages)."""
+    if snapshot is None:
+        return (
+            "No epoch had completed yet. Free disk space (or fix permissions) and call train again with the "
+            "same run_dir."
+        )
+    epoch = snapshot[1]["epoch"]
+    return (
+        f"No completed epoch is lost: epochs 1-{epoch} are saved in {snapshot[0]}. Free disk space (or fix "
+        f"permissions) and call train again with the same run_dir to continue after epoch {epoch}."
+    )
 
 
 def _restore(model: keras.Model, snapshot: Path, strategy: tf.distribute.Strategy | None = None) -> None:

@@ -1,0 +1,95 @@
+"""Safe file writes: atomic replacement, clean-up after killed writers, free-space checks.
+
+Every file the toolkit writes for later use (image caches, manifests, metrics, predictions, reports) goes
+through :func:`atomic_write`: the data lands in a temporary file beside the target (``.<name>.<pid>.<random>
+.tmp``) that replaces the target with one rename, so a reader or a crash sees either the old or the new file,
+never half of one. A process killed mid-write leaves only its temporary file, which
+:func:`remove_stale_temporaries` deletes once that process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+_TMP_PATTERN = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path`` atomically.
+
+    On any error the temporary file is removed and the old ``path`` (if any) is left untouched; an
+    ``OSError`` (disk full, permission denied, ...) is re-raised naming ``path`` and what to do.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"Could not write {path} ({err.strerror or err}). {_advice(err)}") from err
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _advice(err: OSError) -> str:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free disk space (or write to another disk) and run again."
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "Choose a folder you can write to, or fix its permissions."
+    return "Check the folder and run again."
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the :func:`atomic_write` temporaries in ``folder`` whose writing process no longer runs.
+
+    Temporaries of live processes (e.g. a concurrent run filling the same cache) are kept. Returns how
+    many files were removed.
+    """
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _TMP_PATTERN.match(entry.name)
+            if match and not _process_alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    os.remove(entry.path)
+                    removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Free space on the disk holding ``folder`` (or its nearest existing parent), in bytes."""
+    path = Path(folder).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def megabytes(n_bytes: float) -> str:
+    """``n_bytes`` as a short readable MB figure."""
+    return f"{n_bytes / 2**20:,.0f} MB"
