@@ -239,7 +239,10 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
             path, sep=None, engine="python", encoding="utf-8-sig", dtype=str, keep_default_na=False
         )
     except (pd.errors.ParserError, csv.Error, UnicodeDecodeError) as err:
-        raise DataError(f"Metadata file {path} could not be parsed as CSV: {err}") from err
+        raise DataError(
+            f"Metadata file {path} could not be parsed as CSV: {err}. Save it as a UTF-8 CSV with a header "
+            "row (comma-, semicolon- or tab-separated)."
+        ) from err
     df.columns = [str(c).strip() for c in df.columns]
     if _is_isic_onehot(set(df.columns)):
         df = _from_isic_onehot(df, path)
@@ -423,9 +426,10 @@ def _warn_exclusions(report: ValidationReport) -> None:
             stacklevel=3,
         )
     if report.corrupt_images:
-        listed = ", ".join(c["path"] for c in report.corrupt_images[:5])
+        listed = "; ".join(f"{c['path']} ({c['reason']})" for c in report.corrupt_images[:5])
         warnings.warn(
-            f"Excluded {len(report.corrupt_images)} unreadable image file(s): {listed}. Re-download them.",
+            f"Excluded {len(report.corrupt_images)} unreadable image file(s): {listed}. Re-download or "
+            "replace them (all are listed in the validation report).",
             stacklevel=3,
         )
     if report.unreadable_folders:

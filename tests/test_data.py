@@ -1,4 +1,5 @@
-"""Data layer: discovery of the supported layouts, validation of bad input, lesion-aware splits, weights."""
+"""Data layer: supported layouts, the validation report, lesion-aware splits, class weights (bad input: the
+test_robustness_* catalogue)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from helpers import data
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
-from helpers.data import DataError, class_weights, load_metadata, read_metadata_csv, split_by_lesion
+from helpers.data import class_weights, load_metadata, read_metadata_csv, split_by_lesion
 
 
 def _tiny_dataset(
@@ -122,100 +123,7 @@ def test_resolve_auto_prefers_real_ham10000(tmp_path, monkeypatch, synthetic_dir
     assert data.resolve_data_dir("auto", verbose=False) == real
 
 
-# ---------------------------------------------------------------- bad input
-def test_nonexistent_data_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_metadata(tmp_path / "nope")
-
-
-def test_folder_without_metadata(tmp_path):
-    with pytest.raises(DataError, match="No metadata CSV found"):
-        load_metadata(tmp_path, verbose=False)
-
-
-def test_missing_required_column(tmp_path):
-    (tmp_path / "m.csv").write_text("image_id,diagnosis\na,mel\n")
-    with pytest.raises(DataError, match=r"lacks required column\(s\) \['dx'\]"):
-        read_metadata_csv(tmp_path / "m.csv")
-
-
-@pytest.mark.parametrize("bad", ["MEL", "melanoma", ""])
-def test_unknown_dx_names_the_line(tmp_path, bad):
-    (tmp_path / "m.csv").write_text(f"image_id,dx\na,mel\nb,{bad}\n")
-    with pytest.raises(DataError, match=f"line 3 \\('{bad}'\\)"):
-        read_metadata_csv(tmp_path / "m.csv")
-
-
-def test_duplicate_image_id(tmp_path):
-    (tmp_path / "m.csv").write_text("image_id,dx\na,mel\nb,nv\na,mel\n")
-    with pytest.raises(DataError, match="duplicate image_id.*line 2.*line 4"):
-        read_metadata_csv(tmp_path / "m.csv")
-
-
-def test_same_image_under_two_labels(tmp_path):
-    (tmp_path / "m.csv").write_text("image_id,dx\na,mel\na,nv\n")
-    with pytest.raises(DataError, match="two different labels: \\['a'\\]"):
-        read_metadata_csv(tmp_path / "m.csv")
-
-
-def test_empty_file_and_header_only(tmp_path):
-    (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(DataError, match="is empty"):
-        read_metadata_csv(tmp_path / "empty.csv")
-    (tmp_path / "header.csv").write_text("image_id,dx\n")
-    with pytest.raises(DataError, match="header but no rows"):
-        read_metadata_csv(tmp_path / "header.csv")
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "\ufeffimage_id,dx,age\r\na,mel,50\r\nb,nv,\r\n",  # BOM + CRLF
-        "image_id;dx;age\na;mel;50\nb;nv;\n",  # semicolons
-        "image_id,dx,age,extra\na,mel,50,x\nb,nv,,y\n",  # extra column ignored
-    ],
-)
-def test_csv_dialects(tmp_path, text):
-    (tmp_path / "m.csv").write_bytes(text.encode())
-    df = read_metadata_csv(tmp_path / "m.csv")
-    assert df["image_id"].tolist() == ["a", "b"]
-    assert df["dx"].tolist() == ["mel", "nv"]
-    assert "extra" not in df.columns
-
-
-def test_non_numeric_age_read_as_missing_and_counted(tmp_path):
-    root = _tiny_dataset(tmp_path, [("a", "mel"), ("b", "nv"), ("c", "bkl")], header="image_id,dx")
-    (root / "metadata.csv").write_text("image_id,dx,age\na,mel,fifty\nb,nv,40\nc,bkl,\n")
-    df = load_metadata(root, verbose=False)
-    assert df["age"].isna().tolist() == [True, False, True]
-    assert df.attrs["validation"]["age_values_not_numeric"] == 1
-
-
-def test_corrupt_images_excluded_with_warning(tmp_path):
-    root = _tiny_dataset(tmp_path, ROWS)
-    (root / "images" / "img1.jpg").write_bytes(b"")
-    (root / "images" / "img2.jpg").write_bytes(b"not a jpeg at all" * 10)
-    good = (root / "images" / "img3.jpg").read_bytes()
-    (root / "images" / "img3.jpg").write_bytes(good[: len(good) // 2])
-    with pytest.warns(UserWarning, match="Excluded 3 unreadable"):
-        df = load_metadata(root, verbose=False)
-    assert sorted(set(r[0] for r in ROWS) - set(df["image_id"])) == ["img1", "img2", "img3"]
-    reasons = {c["image_id"]: c["reason"] for c in df.attrs["validation"]["corrupt_images"]}
-    assert reasons["img1"] == "empty file (0 bytes)"
-
-
-def test_no_usable_images_is_a_clear_error(tmp_path):
-    (tmp_path / "metadata.csv").write_text("image_id,dx\na,mel\n")
-    with pytest.raises(DataError, match="No usable images"), pytest.warns(UserWarning):
-        load_metadata(tmp_path, verbose=False)
-
-
-def test_invalid_split_values(tmp_path):
-    (tmp_path / "m.csv").write_text("image_id,dx,split\na,mel,train\nb,nv,holdout\n")
-    with pytest.raises(DataError, match="line 3 \\('holdout'\\)"):
-        read_metadata_csv(tmp_path / "m.csv")
-
-
+# ------------------------------------------------ validation report (bad input: tests/test_robustness_*.py)
 def test_validation_summary_is_readable(ham_dir):
     with pytest.warns(UserWarning):
         df = load_metadata(ham_dir, verbose=False)
