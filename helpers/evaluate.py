@@ -607,7 +607,10 @@ def load_model(model_path: str | Path | None) -> keras.Model:
             f"Model {path} has {outputs} outputs but there are {NUM_CLASSES} classes {list(CLASS_NAMES)}; "
             "evaluate a model trained on the seven HAM10000 classes."
         )
-    model_input_size(model)
+    try:
+        model_input_size(model)
+    except ValueError as err:
+        raise ValueError(f"Model {path} cannot classify RGB images: {err}") from err
     return model
 
 

@@ -73,3 +73,38 @@ def model_files() -> dict[str, Path]:
     model.save(folder / "model.keras")
     yield {"keras": folder / "model.keras", "tflite": export_tflite(model, folder / "model.tflite")}
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ training runs (shared)
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training tests' folder: runs, figures and the image cache they share."""
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="session")
+def two_epochs(synthetic_dir: Path, workdir: Path):
+    """A fresh 2-epoch run (kept untouched; tests copy it before changing it)."""
+    from train_utils import run_training
+
+    return run_training(synthetic_dir, workdir, workdir / "two", epochs=2)
+
+
+@pytest.fixture(scope="session")
+def continued(synthetic_dir: Path, workdir: Path, two_epochs):
+    """A copy of the 2-epoch run continued to 3 epochs, after planting what a kill could leave behind.
+
+    Its weights equal an uninterrupted 3-epoch run's (test_train checks it): the reference of the kill tests.
+    """
+    from train_utils import run_training
+
+    run_dir = workdir / "continued"
+    shutil.copytree(two_epochs.run_dir, run_dir)
+    with open(run_dir / "history.csv", "a") as f:  # a row written before a kill, without its backup
+        f.write("3,0.5,0.5,1.0,0.5,0.5,0.5,0.001,1.0\n")
+    (run_dir / "backup" / ".tmp-0003-999").mkdir()  # a half-written snapshot
+    (run_dir / "backup" / ".tmp-0003-999" / "state.weights.h5").write_bytes(b"partial")
+    (run_dir / "backup" / "epoch-0009").mkdir()  # a folder without its state: never trusted
+    (run_dir / ".best.keras.999.tmp").write_bytes(b"partial")  # a half-published best model
+    # A different learning rate must be ignored: the optimizer state (with its LR) is restored.
+    return run_training(synthetic_dir, workdir, run_dir, epochs=3, learning_rate=0.5)

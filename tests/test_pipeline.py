@@ -316,28 +316,3 @@ def test_pipeline_figures_are_drawn_and_saved(tiny_df, cache, tmp_path):
 def test_bad_dataframe(tiny_df, cache, change, message):
     with pytest.raises(ValueError, match=message):
         make_dataset(change(tiny_df), SIZE, BATCH, training=False, cache=cache, progress=False)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"img_size": 0}, "img_size"),
-        ({"img_size": -4}, "img_size"),
-        ({"img_size": 16.5}, "img_size"),
-        ({"img_size": "16"}, "img_size"),
-        ({"img_size": True}, "img_size"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": 2.0}, "batch_size"),
-        ({"augment": "yes"}, "augment"),
-    ],
-)
-def test_bad_parameters(tiny_df, cache, kwargs, message):
-    args = {
-        "img_size": SIZE,
-        "batch_size": BATCH,
-        "training": True,
-        "cache": cache,
-        "progress": False,
-    } | kwargs
-    with pytest.raises(ValueError, match=message):
-        make_dataset(tiny_df, **args)

@@ -145,26 +145,6 @@ def _png_claiming_size(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def test_missing_model_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.keras"):
-        predict_image(tmp_path / "nope.keras", tmp_path / "x.jpg")
-
-
-@pytest.mark.parametrize("name", ["bad.keras", "bad.tflite"])
-def test_corrupt_model_file(name: str, tmp_path: Path) -> None:
-    path = tmp_path / name
-    path.write_bytes(b"this is not a model" * 10)
-    with pytest.raises(ValueError, match=name):
-        predict_image(path, tmp_path / "x.jpg")
-
-
-def test_unsupported_model_suffix(tmp_path: Path) -> None:
-    path = tmp_path / "model.h5"
-    path.write_bytes(b"\0" * 10)
-    with pytest.raises(ValueError, match=r"model\.h5.*\.keras or \.tflite"):
-        predict_image(path, tmp_path / "x.jpg")
-
-
 def test_missing_image(model_files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         predict_image(model_files["tflite"], tmp_path / "missing.jpg")

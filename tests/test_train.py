@@ -1,7 +1,7 @@
 """helpers.train: run files, selection on balanced accuracy, exact crash-safe resume, determinism, scale-out.
 
-Tiny settings throughout (synthetic data, 32 px, the light model, 2-3 epochs). The in-process runs and the
-``python -m helpers.train`` subprocess use the same settings, so their weights can be compared exactly.
+Tiny settings throughout (tests/train_utils.py: synthetic data, 32 px, the light model, 2-3 epochs), so the
+weights of runs can be compared exactly. Kills, failing writes and bad parameters: test_robustness_*.py.
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+from train_utils import run_training, same_weights
 
 from helpers.classes import CLASS_TO_INDEX
 from helpers.data import subsample
@@ -33,88 +32,12 @@ from helpers.train import (
     main,
     prepare_data,
     read_backup_state,
-    train,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"img_size": 32, "batch_size": 16, "model_name": "cpu_light_efficient_cnn", "seed": 42}
-CLI_SETTINGS = ["--img-size", "32", "--batch-size", "16", "--model-name", "cpu_light_efficient_cnn"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("train")
-
-
-def _train(data_dir: Path, workdir: Path, run_dir: Path, epochs: int, **kwargs):
-    return train(
-        data_dir,
-        epochs=epochs,
-        run_dir=run_dir,
-        figures_dir=workdir / "figures" / run_dir.name,
-        cache=workdir / "cache",
-        verbose=0,
-        **{**SETTINGS, **kwargs},
-    )
-
-
-def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-
-
-@pytest.fixture(scope="module")
-def two_epochs(synthetic_dir: Path, workdir: Path):
-    """A fresh 2-epoch run (kept untouched; tests copy it before changing it)."""
-    return _train(synthetic_dir, workdir, workdir / "two", epochs=2)
-
-
-@pytest.fixture(scope="module")
-def continued(synthetic_dir: Path, workdir: Path, two_epochs):
-    """A copy of the 2-epoch run continued to 3 epochs, after planting what a kill could leave behind."""
-    run_dir = workdir / "continued"
-    shutil.copytree(two_epochs.run_dir, run_dir)
-    with open(run_dir / "history.csv", "a") as f:  # a row written before a kill, without its backup
-        f.write("3,0.5,0.5,1.0,0.5,0.5,0.5,0.001,1.0\n")
-    (run_dir / "backup" / ".tmp-0003-999").mkdir()  # a half-written snapshot
-    (run_dir / "backup" / ".tmp-0003-999" / "state.weights.h5").write_bytes(b"partial")
-    (run_dir / "backup" / "epoch-0009").mkdir()  # a folder without its state: never trusted
-    (run_dir / ".best.keras.999.tmp").write_bytes(b"partial")  # a half-published best model
-    # A different learning rate must be ignored: the optimizer state (with its LR) is restored.
-    return _train(synthetic_dir, workdir, run_dir, epochs=3, learning_rate=0.5)
 
 
 # ------------------------------------------------------------------------------------------ bad input
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"epochs": 0}, "epochs"),
-        ({"epochs": 2.5}, "epochs"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": -8}, "batch_size"),
-        ({"img_size": 0}, "img_size"),
-        ({"img_size": "64"}, "img_size"),
-        ({"img_size": 32.0}, "img_size"),
-        ({"model_name": "resnet50"}, "model_name"),
-        ({"learning_rate": 0}, "learning_rate"),
-        ({"max_images": 0}, "max_images"),
-        ({"patience": -1}, "patience"),
-    ],
-)
-def test_bad_parameters_fail_before_any_work(tmp_path: Path, kwargs: dict, message: str):
-    run_dir = tmp_path / "run"
-    params = {"epochs": 2, **SETTINGS, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        train(tmp_path / "no-such-data", run_dir=run_dir, **params)  # the data is never looked at
-    assert not run_dir.exists()
-
-
-def test_unwritable_run_dir_fails_before_loading_data(tmp_path: Path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    with pytest.raises(PermissionError, match="run_dir"):
-        train(tmp_path / "no-such-data", run_dir=blocker / "run", epochs=1, **SETTINGS)
-
-
 def test_split_without_val_images_is_refused(synthetic_dir: Path):
     df = prepare_data(synthetic_dir, seed=1, verbose=False)
     df = df[df["split"] != "val"]
@@ -244,10 +167,10 @@ def test_continuing_a_finished_run_trains_only_the_extra_epoch(two_epochs, conti
 
 
 def test_rerun_of_a_finished_run_trains_nothing(synthetic_dir: Path, workdir: Path, continued):
-    again = _train(synthetic_dir, workdir, continued.run_dir, epochs=3)
+    again = run_training(synthetic_dir, workdir, continued.run_dir, epochs=3)
     assert again.start_epoch == again.epochs_completed == 3
     assert again.best_epoch == continued.best_epoch
-    assert _same_weights(again.model.get_weights(), continued.model.get_weights())
+    assert same_weights(again.model.get_weights(), continued.model.get_weights())
 
 
 @pytest.mark.parametrize(
@@ -261,7 +184,7 @@ def test_rerun_of_a_finished_run_trains_nothing(synthetic_dir: Path, workdir: Pa
 )
 def test_resume_with_other_settings_is_refused(synthetic_dir, workdir, two_epochs, change: dict, named: str):
     with pytest.raises(ValueError, match=rf"{named}.*new run_dir.*resume=False"):
-        _train(synthetic_dir, workdir, two_epochs.run_dir, epochs=3, **change)
+        run_training(synthetic_dir, workdir, two_epochs.run_dir, epochs=3, **change)
     assert read_backup_state(two_epochs.run_dir)["epoch"] == 2, "the refused run is untouched"
 
 
@@ -270,7 +193,7 @@ def test_resume_false_starts_fresh_and_same_seed_repeats_the_run_exactly(
 ):
     run_dir = workdir / "fresh"
     shutil.copytree(two_epochs.run_dir, run_dir)  # a 2-epoch run to discard (resuming it would start at 2)
-    fresh = _train(synthetic_dir, workdir, run_dir, epochs=3, resume=False)
+    fresh = run_training(synthetic_dir, workdir, run_dir, epochs=3, resume=False)
     assert fresh.start_epoch == 0 and pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [1, 2, 3]
     assert [p.name for p in (run_dir / "backup").iterdir()] == ["epoch-0003"]
     # Same seed and data: the first two epochs repeat the 2-epoch run bit for bit (losses and val metrics)...
@@ -278,55 +201,10 @@ def test_resume_false_starts_fresh_and_same_seed_repeats_the_run_exactly(
         fresh.history.drop(columns="seconds").iloc[:2], two_epochs.history.drop(columns="seconds")
     )
     # ...and 3 uninterrupted epochs end with exactly the weights of 2 epochs + 1 resumed epoch.
-    assert _same_weights(fresh.model.get_weights(), continued.model.get_weights())
+    assert same_weights(fresh.model.get_weights(), continued.model.get_weights())
     pd.testing.assert_frame_equal(
         fresh.history.drop(columns="seconds"), continued.history.drop(columns="seconds")
     )
-
-
-def _history_rows(path: Path) -> int:
-    try:
-        return len(pd.read_csv(path))
-    except (OSError, pd.errors.EmptyDataError):
-        return 0
-
-
-@pytest.mark.slow
-def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(synthetic_dir, workdir, continued):
-    run_dir = workdir / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "helpers.train",
-        "--data-dir",
-        str(synthetic_dir),
-        "--run-dir",
-        str(run_dir),
-    ]
-    command += ["--epochs", "3", "--figures-dir", str(workdir / "figures" / "killed"), *CLI_SETTINGS]
-    env = {**os.environ, "DERM_CACHE_DIR": str(workdir / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = workdir / "killed.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 240
-        while _history_rows(run_dir / "history.csv") < 1:
-            assert process.poll() is None, f"training process ended early:\n{log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "no epoch completed in time"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    killed_at = read_backup_state(run_dir)["epoch"]
-
-    resumed = _train(synthetic_dir, workdir, run_dir, epochs=3)
-    assert 1 <= resumed.start_epoch == killed_at < 3, "the kill landed before the run finished"
-    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [1, 2, 3]
-    assert _same_weights(resumed.model.get_weights(), continued.model.get_weights()), (
-        "killed + resumed run must end with the weights of the run trained without a kill"
-    )
-    pd.testing.assert_frame_equal(
-        resumed.history.drop(columns="seconds"), continued.history.drop(columns="seconds")
-    )
-    keras.models.load_model(resumed.best_model_path)
 
 
 def test_cli_reports_bad_parameters_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture):
