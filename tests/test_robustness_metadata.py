@@ -162,11 +162,14 @@ def test_class_with_zero_images_after_filtering_is_stated_and_training_continues
         df = load_metadata(root, verbose=False)
     assert df.attrs["validation"]["classes_without_images"] == ["vasc"]
     assert "No images of: vasc (cannot be learned)" in _summary(df)
-    with pytest.warns(UserWarning, match=r"No training images of class\(es\) \['vasc'\].*training goes on"):
+    with pytest.warns(UserWarning) as caught:
         result = train(
             root, img_size=16, batch_size=8, epochs=1, run_dir=tmp_path / "run", figures_dir=tmp_path / "fig",
             cache=False, verbose=0, model_name="cpu_light_efficient_cnn",
         )  # fmt: skip
+    said = "\n".join(str(w.message) for w in caught)
+    assert "Excluded 6 unreadable image file(s)" in said and "No usable images of class(es) ['vasc']" in said
+    assert "No training images of class(es) ['vasc']: the model cannot learn them (training goes on" in said
     manifest = pd.read_json(result.run_dir / "manifest.json", typ="series")
     assert result.epochs_completed == 1 and manifest["class_weights"]["vasc"] == 1.0
     assert manifest["data"]["class_counts"]["train"]["vasc"] == 0
