@@ -191,6 +191,26 @@ def test_disk_full_at_checkpoint_write_is_a_clear_error_and_loses_no_epoch(
     keras.models.load_model(run_dir / "best.keras")
 
 
+def test_disk_full_at_publication_is_a_clear_error_and_loses_no_epoch(
+    synthetic_dir, workdir, two_epochs, monkeypatch
+):
+    run_dir = workdir / "disk-full-publish"
+    shutil.copytree(two_epochs.run_dir, run_dir)  # copies, not the backup's hard links: published again
+
+    def full_disk(src: Path, dst: Path) -> None:
+        dst.write_bytes(src.read_bytes()[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("helpers.train._link_or_copy", full_disk)
+    expected = r"Could not copy best\.keras into .*\(No space left on device\)\. .*epochs 1-2 are saved in"
+    with pytest.raises(OSError, match=expected):
+        run_training(synthetic_dir, workdir, run_dir, epochs=2)
+    assert read_backup_state(run_dir)["epoch"] == 2 and not list(run_dir.glob(".*"))
+    monkeypatch.undo()
+    again = run_training(synthetic_dir, workdir, run_dir, epochs=2)  # nothing to train: publishes
+    assert again.start_epoch == 2 and _history_epochs(run_dir) == [1, 2]
+
+
 def _low_disk(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
     usage = shutil.disk_usage("/")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
