@@ -75,10 +75,12 @@ def _bn_relu(x, name: str, act: bool = True):
 
 
 def _sep_bn(x, filters: int, strides: int, name: str, act: bool = True):
-    """3x3 depthwise + 1x1 pointwise (one SeparableConv2D layer), BatchNorm, optional ReLU."""
-    x = keras.layers.SeparableConv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name)(
-        x
-    )
+    """3x3 depthwise conv, BatchNorm + ReLU, then 1x1 pointwise conv, BatchNorm, optional ReLU (MobileNet's
+    block). The BatchNorm between the two keeps every depthwise channel on a common scale, which is what lets
+    the int8 TFLite export (one scale per activation tensor) stay faithful to the float model."""
+    x = keras.layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = _bn_relu(x, f"{name}_dw")
+    x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
     return _bn_relu(x, name, act)
 
 
@@ -108,7 +110,7 @@ def dermsep_net(
     se: bool = False,
     dropout: float = 0.3,
 ) -> keras.Model:
-    """The project's default: a depthwise-separable residual CNN built for a 2-core CPU (~168k params).
+    """The project's default: a depthwise-separable residual CNN built for a 2-core CPU (~173k params).
 
     The stem brings any input down to ~28-32 px: a 3x3 conv (stride 1 at <= 45 px, else stride 2 with
     ``stem_filters`` channels) and one stride-2 separable conv per further doubling (two stride-2 steps at
@@ -141,6 +143,64 @@ def dermsep_net(
     x = keras.layers.Dropout(dropout, name="head_drop")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name="dermsep_net")
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class Dihedral(keras.layers.Layer):
+    """One of the 8 flips / 90-degree rotations of a square image batch: bit 4 transposes, bit 2 flips
+    left-right, bit 1 flips up-down (``view=0`` is the identity)."""
+
+    def __init__(self, view: int, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= int(view) < 8:
+            raise ValueError(f"view must be 0..7, got {view!r}.")
+        self.view = int(view)
+
+    def call(self, x):
+        if self.view & 4:
+            x = keras.ops.transpose(x, (0, 2, 1, 3))
+        if self.view & 2:
+            x = keras.ops.flip(x, axis=2)
+        if self.view & 1:
+            x = keras.ops.flip(x, axis=1)
+        return x
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "view": self.view}
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class PriorShift(keras.layers.Layer):
+    """Re-weights class probabilities: ``p_c * w_c / sum_k p_k * w_k`` (logit adjustment with
+    ``w = prior ** -tau``: trades a little accuracy on the frequent class for sensitivity on rare ones)."""
+
+    def __init__(self, weights: list[float], **kwargs):
+        super().__init__(**kwargs)
+        self.class_weights = [float(w) for w in weights]
+
+    def call(self, probs):
+        scaled = probs * keras.ops.convert_to_tensor(self.class_weights, dtype=probs.dtype)
+        return scaled / keras.ops.sum(scaled, axis=-1, keepdims=True)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "weights": self.class_weights}
+
+
+def predictor(
+    model: keras.Model, views: int = 1, class_weights: np.ndarray | list[float] | None = None
+) -> keras.Model:
+    """``model`` wrapped as one Keras model that averages its softmax over the first ``views`` dihedral views
+    (test-time augmentation; 1 = none, 8 = all flips and rotations) and, with ``class_weights``, re-weights
+    the averaged probabilities (:class:`PriorShift`). Saved as ``.keras`` it is the whole predictor, so
+    evaluation and export see exactly what was measured."""
+    if not 1 <= views <= 8:
+        raise ValueError(f"views must be 1..8, got {views!r}.")
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    outputs = [model(Dihedral(v, name=f"view{v}")(inputs)) for v in range(views)]
+    x = outputs[0] if views == 1 else keras.layers.Average(name="tta_mean")(outputs)
+    if class_weights is not None:
+        x = PriorShift(list(np.asarray(class_weights, dtype=float)), name="prior_shift")(x)
+    return keras.Model(inputs, x, name=f"{model.name}_predictor")
 
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {

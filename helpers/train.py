@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ __all__ = [
     "TrainResult",
     "BalancedSelection",
     "CrashSafeCheckpoint",
+    "Recipe",
     "ValidationMetrics",
     "architecture_signature",
     "data_fingerprint",
@@ -86,12 +87,69 @@ _SNAPSHOT_PREFIX = "epoch-"
 _TMP_PREFIX = ".tmp-"
 _STATE_FORMAT = 2
 _RUN_FILES = ("best.keras", "history.csv", "manifest.json")
-_IDENTITY_KEYS = ("model_name", "img_size", "batch_size", "seed", "data_fingerprint", "architecture")
+_IDENTITY_KEYS = (
+    "model_name",
+    "img_size",
+    "batch_size",
+    "seed",
+    "data_fingerprint",
+    "architecture",
+    "recipe",
+)
 _REDUCE_LR_STATE = ("wait", "best", "cooldown_counter")
 _TIE = 1e-12
 MIN_FREE_BYTES = 64 * 2**20
 """Free space a run folder's disk needs before training starts: two snapshots and the published files (a
 few MB for the models here), with room to spare."""
+
+
+SCHEDULES = ("plateau", "cosine")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the weights are optimised (the defaults are the plain recipe of :func:`train`'s docstring).
+
+    ``schedule``: ``"plateau"`` (Adam at ``learning_rate``, halved by ReduceLROnPlateau on ``val_loss``) or
+    ``"cosine"`` (linear warm-up over ``warmup_epochs``, then cosine decay to 1% over the run's ``epochs``;
+    ReduceLROnPlateau is off). ``weight_decay`` > 0 uses AdamW (decoupled weight decay).
+    ``label_smoothing`` mixes that fraction of a uniform distribution into the targets.
+    ``class_weight_power`` raises the balanced class weights to this power: 1 is fully balanced, 0 is no
+    weighting, 0.5 is in between (rare classes count more, but less than fully).
+    """
+
+    schedule: str = "plateau"
+    warmup_epochs: int = 2
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    class_weight_power: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Recipe.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
+        checks = (
+            ("warmup_epochs", self.warmup_epochs, _is_int(self.warmup_epochs) and self.warmup_epochs >= 0),
+            ("weight_decay", self.weight_decay, _is_number(self.weight_decay) and self.weight_decay >= 0),
+            (
+                "label_smoothing",
+                self.label_smoothing,
+                _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+            ),
+            (
+                "class_weight_power",
+                self.class_weight_power,
+                _is_number(self.class_weight_power) and self.class_weight_power >= 0,
+            ),
+        )
+        for name, value, ok in checks:
+            if not ok:
+                raise ValueError(
+                    f"Recipe.{name} got {value!r}; see help(helpers.train.Recipe) for valid values."
+                )
+
+    def weights(self, balanced: dict[int, float]) -> dict[int, float]:
+        """The class weights to train with: the balanced ones raised to ``class_weight_power``."""
+        return {k: float(v**self.class_weight_power) for k, v in balanced.items()}
 
 
 @dataclass
@@ -120,6 +178,10 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ parameters
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
@@ -311,7 +373,9 @@ def resume_summary(run_dir: str | Path) -> pd.Series:
             "learning rate of the next epoch": state["learning_rate"],
             f"best {SELECTION_METRIC}": f"{best['value']:.4f} (epoch {best['epoch']})",
             "early stopping: epochs since the best epoch": best["wait"],
-            "LR schedule: epochs since its best val_loss": state["reduce_lr"]["wait"],
+            "LR schedule: epochs since its best val_loss": (state["reduce_lr"] or {}).get(
+                "wait", "n/a (cosine)"
+            ),
             "stopped early": best["stopped_early"],
         },
         name="restored on resume",
@@ -665,6 +729,7 @@ def train(
     lr_patience: int = 2,
     lr_factor: float = 0.5,
     min_lr: float = 1e-6,
+    recipe: Recipe | None = None,
     figures_dir: str | Path | None = None,
     cache: bool | str | Path = True,
     verbose: int = 1,
@@ -680,7 +745,9 @@ def train(
     Adam (``learning_rate``), balanced class weights from the train split, ReduceLROnPlateau on ``val_loss``
     (``lr_factor``, ``lr_patience``, ``min_lr``), the best epoch by :data:`SELECTION_METRIC` (ties: lower
     ``val_loss``) saved as ``best.keras``, and early stopping after ``patience`` epochs without a new best
-    epoch. The test split is never used. ``run_dir`` defaults to ``models/<default_run_name>``,
+    epoch. ``recipe`` (a :class:`Recipe`) changes the optimisation: a cosine schedule, weight decay, label
+    smoothing, softer class weights. The test split is never used. ``run_dir`` defaults to
+    ``models/<default_run_name>``,
     ``figures_dir`` to ``visualizations/<run_dir name>``. ``strategy`` (a ``tf.distribute`` strategy) builds
     and trains the model in its scope; ``batch_size`` is then the global batch. Seeds Python, NumPy and
     TensorFlow and turns on TensorFlow op determinism (process-wide), so the same seed and data give the
@@ -688,6 +755,9 @@ def train(
     """
     arguments = dict(locals())  # the first statement: exactly the call's arguments
     _check_params(img_size, model_name, epochs, batch_size, learning_rate, max_images, patience, lr_patience)
+    recipe = Recipe() if recipe is None else recipe
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"recipe must be None or a helpers.train.Recipe, got {type(recipe).__name__}.")
     if run_dir is not None:
         run_dir = Path(run_dir).expanduser().resolve()
         _ensure_writable(run_dir)
@@ -701,7 +771,9 @@ def train(
         run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint)
         _ensure_writable(run_dir)
     parameters = _recorded_parameters(arguments, run_dir)
-    model = _compiled_model(model_name, img_size, learning_rate, strategy)
+    train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
+    steps = max(1, len(train_df) // batch_size)
+    model = _compiled_model(model_name, img_size, learning_rate, strategy, recipe, steps * epochs, steps)
     identity = {
         "model_name": key,
         "img_size": img_size,
@@ -709,19 +781,21 @@ def train(
         "seed": seed,
         "data_fingerprint": fingerprint,
         "architecture": architecture_signature(model),
+        "recipe": asdict(recipe),
     }
     snapshot, restored = _resume_point(run_dir, identity, resume)
     if snapshot is not None:
         _restore(model, snapshot, strategy)
 
-    train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
-    weights = class_weights(train_df["dx"])
+    weights = recipe.weights(class_weights(train_df["dx"]))
     manifest = restored["manifest"] if restored else _new_manifest(parameters, data, identity, weights)
     start_epoch = restored["epoch"] if restored else 0
     _open_session(manifest, parameters, start_epoch, strategy)
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss", mode="min", factor=lr_factor, patience=lr_patience, min_lr=min_lr
-    )
+    reduce_lr = None
+    if recipe.schedule == "plateau":
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", mode="min", factor=lr_factor, patience=lr_patience, min_lr=min_lr
+        )
     selection = BalancedSelection(patience, restored["selection"] if restored else None)
     history = pd.read_csv(snapshot / "history.csv") if snapshot is not None else None
     checkpoint = CrashSafeCheckpoint(run_dir, selection, reduce_lr, identity, manifest, restored, history)
@@ -755,7 +829,10 @@ def _fit(
     for _ in range(start_epoch):  # advance the shuffle/augmentation seeds to the resumed epoch
         iter(train_ds)
     callbacks = [ValidationMetrics(val_ds, val_df["dx"].map(CLASS_TO_INDEX).to_numpy())]
-    callbacks += [checkpoint.selection, checkpoint.reduce_lr, checkpoint, keras.callbacks.ProgbarLogger()]
+    callbacks += (
+        [checkpoint.selection, checkpoint.reduce_lr] if checkpoint.reduce_lr else [checkpoint.selection]
+    )
+    callbacks += [checkpoint, keras.callbacks.ProgbarLogger()]
     callbacks += [EpochSummary(epochs, checkpoint.selection)] if verbose else []
     model.fit(
         train_ds.repeat(),  # one iterator for the whole fit: epoch k draws the k-th shuffle/augmentation
@@ -776,6 +853,7 @@ def _recorded_parameters(arguments: dict, run_dir: Path) -> dict:
         run_dir=str(run_dir),
         df=None if arguments["df"] is None else f"DataFrame with {len(arguments['df'])} rows",
         strategy=type(arguments["strategy"]).__name__ if arguments["strategy"] else None,
+        recipe=asdict(arguments["recipe"] or Recipe()),
     )
     return recorded
 
@@ -795,18 +873,59 @@ def _open_session(manifest: dict, parameters: dict, start_epoch: int, strategy) 
 
 
 def _compiled_model(
-    model_name: str, img_size: int, learning_rate: float, strategy: tf.distribute.Strategy | None
+    model_name: str,
+    img_size: int,
+    learning_rate: float,
+    strategy: tf.distribute.Strategy | None,
+    recipe: Recipe,
+    total_steps: int,
+    steps_per_epoch: int,
 ) -> keras.Model:
     """Build and compile the model (in ``strategy``'s scope) with a built optimizer, ready to be restored."""
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(model_name, img_size, NUM_CLASSES)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss="sparse_categorical_crossentropy",
+            optimizer=_optimizer(learning_rate, recipe, total_steps, steps_per_epoch),
+            loss=SmoothedSparseCrossentropy(recipe.label_smoothing),
             metrics=["accuracy"],
         )
         model.optimizer.build(model.trainable_variables)  # so its state can be loaded before fit
     return model
+
+
+def _optimizer(
+    learning_rate: float, recipe: Recipe, total_steps: int, steps_per_epoch: int
+) -> keras.optimizers.Optimizer:
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
+    if recipe.schedule == "cosine":
+        warmup = min(recipe.warmup_epochs * steps_per_epoch, total_steps - 1)
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else learning_rate,
+            decay_steps=total_steps - warmup,
+            alpha=0.01,
+            warmup_target=learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    if recipe.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=recipe.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of softmax outputs against integer labels smoothed by ``label_smoothing``."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        classes = keras.ops.shape(y_pred)[-1]
+        target = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)), classes)
+        return keras.losses.categorical_crossentropy(target, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 def architecture_signature(model: keras.Model) -> str:
@@ -931,11 +1050,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=None, help="stratified subset for quick runs")
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     parser.add_argument("--lr-patience", type=int, default=2, help="epochs before the learning rate is cut")
+    parser.add_argument("--schedule", default="plateau", choices=SCHEDULES, help="learning-rate schedule")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: Adam)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--class-weight-power", type=float, default=1.0, help="1 balanced, 0 unweighted")
     parser.add_argument("--figures-dir", default=None)
     parser.add_argument("--no-resume", action="store_true", help="delete the run's previous state first")
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity")
     args = parser.parse_args(argv)
     try:
+        recipe = Recipe(
+            schedule=args.schedule,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            class_weight_power=args.class_weight_power,
+        )
         result = train(
             data_dir=args.data_dir,
             img_size=args.img_size,
@@ -949,6 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
             max_images=args.max_images,
             patience=args.patience,
             lr_patience=args.lr_patience,
+            recipe=recipe,
             figures_dir=args.figures_dir,
             verbose=args.verbose,
         )

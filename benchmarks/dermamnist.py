@@ -1,0 +1,226 @@
+"""DermaMNIST benchmark: real HAM10000 images at 28x28, MedMNIST's official split, scored on its val split.
+
+Trains the original architecture (``cpu_light_efficient_cnn``) and the default (``dermsep_net``) with
+:func:`helpers.train.train`, then adds one trick at a time to the default and keeps each row's figures, so
+the table shows what every step added:
+
+1. ``cpu_light_efficient_cnn``, plain recipe (Adam, balanced class weights, ReduceLROnPlateau);
+2. ``dermsep_net``, the same plain recipe;
+3. ``dermsep_net`` with the tuned recipe (:data:`TUNED`: AdamW, cosine schedule, label smoothing, softer
+   class weights, more epochs);
+4. + test-time augmentation over the 8 flips / rotations;
+5. + a class-prior shift (:class:`helpers.models.PriorShift`, strength ``tau`` chosen on val).
+
+Model selection (best epoch, ``tau``) uses only train and val; the test split is never read. The last row's
+predictor is saved as one Keras model, ``models/dermamnist/best.keras``, with its TFLite exports (int8
+included) beside it, so notebook 05 with ``model_path=models/dermamnist/best.keras`` evaluates exactly it.
+
+    .venv/bin/python benchmarks/dermamnist.py                 # ~30-40 min on a 2-core CPU
+    .venv/bin/python benchmarks/dermamnist.py --tuned-epochs 3 --plain-epochs 2   # smoke run
+
+Prints a table and writes ``benchmarks/results/dermamnist.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX  # noqa: E402
+from helpers.data import load_metadata  # noqa: E402
+from helpers.evaluate import compute_metrics, majority_baseline, write_json  # noqa: E402
+from helpers.export import export_report, load_keras_model, representative_sample  # noqa: E402
+from helpers.models import count_params, predictor  # noqa: E402
+from helpers.paths import MODELS_DIR, PROJECT_ROOT  # noqa: E402
+from helpers.pipeline import load_images  # noqa: E402
+from helpers.train import Recipe, train  # noqa: E402
+
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "dermamnist"
+RESULTS = Path(__file__).resolve().parent / "results" / "dermamnist.json"
+OUT_DIR = MODELS_DIR / "dermamnist"
+IMG_SIZE = 28
+PLAIN = Recipe()
+TUNED = Recipe(schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5)
+CALIBRATION_IMAGES = 500
+TAUS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 2))
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "mel_sensitivity")
+GOALS = {
+    "accuracy": 0.82,
+    "macro_auc": 0.95,
+    "balanced_accuracy": 0.62,
+    "macro_f1": 0.60,
+    "mel_sensitivity": 0.55,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--plain-epochs", type=int, default=15, help="epochs of the plain-recipe runs")
+    parser.add_argument("--tuned-epochs", type=int, default=40, help="epochs of the tuned default run")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate (tuned)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def fit(args: argparse.Namespace, df: pd.DataFrame, model_name: str, recipe: Recipe, epochs: int, lr: float):
+    """Train one run from scratch into ``out_dir/runs/<name>``; returns (best model, seconds)."""
+    name = f"{model_name}-{recipe.schedule}"
+    start = time.perf_counter()
+    result = train(
+        df=df,
+        img_size=IMG_SIZE,
+        model_name=model_name,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        learning_rate=lr,
+        seed=args.seed,
+        run_dir=args.out_dir / "runs" / name,
+        resume=False,
+        patience=epochs,  # train the whole budget; the best epoch is still selected on val
+        recipe=recipe,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    print(f"  {name}: {seconds / 60:.1f} min, best epoch {result.best_epoch}", flush=True)
+    return load_keras_model(result.run_dir / "best.keras"), seconds
+
+
+def scores(y: np.ndarray, probs: np.ndarray) -> dict:
+    metrics = compute_metrics(y, probs, n_bootstrap=0)
+    return {k: metrics[k] for k in HEADLINE}
+
+
+def prior_weights(train_y: np.ndarray, tau: float) -> np.ndarray:
+    """``prior ** -tau`` from the training class frequencies (tau = 0: no shift)."""
+    prior = np.bincount(train_y, minlength=len(CLASS_NAMES)) / len(train_y)
+    return prior**-tau
+
+
+def choose_tau(val_y: np.ndarray, probs: np.ndarray, train_y: np.ndarray) -> float:
+    """The prior-shift strength with the best mean of accuracy, balanced accuracy and macro-F1 on val."""
+
+    def objective(tau: float) -> float:
+        shifted = probs * prior_weights(train_y, tau)
+        s = scores(val_y, shifted / shifted.sum(axis=1, keepdims=True))
+        return (s["accuracy"] + s["balanced_accuracy"] + s["macro_f1"]) / 3
+
+    return float(max(TAUS, key=objective))
+
+
+def row(name: str, s: dict, params: int | None, seconds: float | None, note: str) -> dict:
+    return {"predictor": name, **s, "params": params, "train_min": seconds and seconds / 60, "what": note}
+
+
+def run(args: argparse.Namespace) -> dict:
+    df = load_metadata(args.data_dir, verbose=False)
+    df = df[df["split"].isin(["train", "val"])].reset_index(drop=True)  # the test split is never read
+    train_df, val_df = df[df["split"] == "train"], df[df["split"] == "val"]
+    train_y = train_df["dx"].map(CLASS_TO_INDEX).to_numpy()
+    val_y = val_df["dx"].map(CLASS_TO_INDEX).to_numpy()
+    val_x = load_images(val_df["path"].tolist(), IMG_SIZE, progress=False)
+    base = majority_baseline(val_y, "nv")
+    rows = [row("majority class (nv)", {k: base.get(k) for k in HEADLINE}, 0, None, "always predicts nv")]
+
+    print("Training (this is the long part) ...", flush=True)
+    original, t_orig = fit(args, df, "cpu_light_efficient_cnn", PLAIN, args.plain_epochs, 1e-3)
+    plain, t_plain = fit(args, df, "dermsep_net", PLAIN, args.plain_epochs, 1e-3)
+    tuned, t_tuned = fit(args, df, "dermsep_net", TUNED, args.tuned_epochs, args.learning_rate)
+    n_params = count_params(tuned)
+
+    def probs(model, views: int = 1, weights=None) -> np.ndarray:
+        return predictor(model, views, weights).predict(val_x.astype("float32"), batch_size=256, verbose=0)
+
+    rows.append(
+        row(
+            "cpu_light_efficient_cnn (original)",
+            scores(val_y, probs(original)),
+            count_params(original),
+            t_orig,
+            f"plain recipe, {args.plain_epochs} epochs",
+        )
+    )
+    rows.append(
+        row(
+            "dermsep_net",
+            scores(val_y, probs(plain)),
+            count_params(plain),
+            t_plain,
+            f"plain recipe, {args.plain_epochs} epochs",
+        )
+    )
+    rows.append(
+        row(
+            "+ tuned recipe",
+            scores(val_y, probs(tuned)),
+            n_params,
+            t_tuned,
+            f"AdamW + cosine, label smoothing 0.1, class weights^0.5, {args.tuned_epochs} epochs",
+        )
+    )
+    tta = probs(tuned, 8)
+    rows.append(row("+ 8-view TTA", scores(val_y, tta), n_params, t_tuned, "mean over the 8 flips/rotations"))
+    tau = choose_tau(val_y, tta, train_y)
+    weights = prior_weights(train_y, tau)
+    best = predictor(tuned, 8, weights)
+    rows.append(
+        row(
+            "+ prior shift",
+            scores(val_y, probs(tuned, 8, weights)),
+            n_params,
+            t_tuned,
+            f"probabilities x prior^-{tau} (tau chosen on val)",
+        )
+    )
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    best_path = args.out_dir / "best.keras"
+    best.save(best_path)
+    calibration = representative_sample(train_df, IMG_SIZE, n=CALIBRATION_IMAGES, seed=args.seed)
+    export = export_report(best_path, val_x, val_y, args.out_dir, calibration)
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "data": str(args.data_dir),
+        "split_sizes": {"train": len(train_df), "val": len(val_df)},
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "tau": tau,
+        "rows": rows,
+        "goals": GOALS,
+        "best_model": str(best_path),
+        "export": export.to_dict("records"),
+    }
+
+
+def print_table(result: dict) -> None:
+    table = pd.DataFrame(result["rows"]).set_index("predictor")
+    pd.set_option("display.width", 200)
+    print(table.drop(columns="what").round(3).to_string())
+    print("\nGoals (val):", ", ".join(f"{k} >= {v}" for k, v in GOALS.items()))
+    print(pd.DataFrame(result["export"]).to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.data_dir.is_dir():
+        print(f"error: DermaMNIST folder {args.data_dir} not found; pass --data-dir.", file=sys.stderr)
+        return 2
+    result = run(args)
+    write_json(result, args.results)
+    print_table(result)
+    print(f"\nWrote {args.results}; best predictor: {result['best_model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

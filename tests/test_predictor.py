@@ -1,0 +1,73 @@
+"""helpers.models.predictor: test-time augmentation and the prior shift as one saveable Keras model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from helpers.export import load_keras_model
+from helpers.models import Dihedral, PriorShift, build_model, count_params, predictor
+
+
+@pytest.fixture(scope="module")
+def base() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return build_model("default", 16)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype("float32")
+
+
+def numpy_view(x: np.ndarray, view: int) -> np.ndarray:
+    if view & 4:
+        x = x.transpose(0, 2, 1, 3)
+    if view & 2:
+        x = x[:, :, ::-1]
+    if view & 1:
+        x = x[:, ::-1]
+    return x
+
+
+def test_the_eight_dihedral_views_are_the_flips_and_rotations(images: np.ndarray):
+    views = [np.asarray(Dihedral(v)(images)) for v in range(8)]
+    for v, got in enumerate(views):
+        np.testing.assert_array_equal(got, numpy_view(images, v))
+    flat = {got[0].tobytes() for got in views}
+    assert len(flat) == 8, "all 8 views differ on a random image"
+    np.testing.assert_array_equal(views[3], np.rot90(images, 2, axes=(1, 2)))  # both flips = 180 degrees
+
+
+def test_tta_predictor_averages_the_base_model_over_the_views(base: keras.Model, images: np.ndarray):
+    wrapped = predictor(base, views=8)
+    expected = np.mean([base.predict(numpy_view(images, v).copy(), verbose=0) for v in range(8)], axis=0)
+    np.testing.assert_allclose(wrapped.predict(images, verbose=0), expected, atol=1e-6)
+    assert count_params(wrapped) == count_params(base), "the views share one set of weights"
+
+
+def test_prior_shift_reweights_and_renormalises():
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]], dtype="float32")
+    weights = [1.0, 3.0, 4.0]
+    expected = probs * weights / (probs * weights).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(PriorShift(weights)(probs)), expected, rtol=1e-6)
+    assert np.asarray(PriorShift(weights)(probs)).argmax(1).tolist() == [1, 2]
+
+
+def test_predictor_round_trips_through_a_keras_file(base: keras.Model, images: np.ndarray, tmp_path: Path):
+    wrapped = predictor(base, views=4, class_weights=[1, 2, 1, 3, 1, 0.5, 2])
+    wrapped.save(tmp_path / "best.keras")
+    loaded = load_keras_model(tmp_path / "best.keras")
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), wrapped.predict(images, verbose=0), atol=1e-6
+    )
+    assert loaded.input_shape == (None, 16, 16, 3)
+
+
+@pytest.mark.parametrize("views", [0, 9])
+def test_predictor_refuses_a_bad_number_of_views(base: keras.Model, views: int):
+    with pytest.raises(ValueError, match="views must be 1..8"):
+        predictor(base, views=views)
