@@ -6,8 +6,8 @@ the table shows what every step added:
 
 1. ``cpu_light_efficient_cnn``, plain recipe (Adam, balanced class weights, ReduceLROnPlateau);
 2. ``dermsep_net``, the same plain recipe;
-3. ``dermsep_net`` with the tuned recipe (:data:`TUNED`: AdamW, cosine schedule, label smoothing, softer
-   class weights, more epochs);
+3. ``dermsep_net`` with the tuned recipe (``helpers.train.RECIPES["tuned"]``: AdamW, cosine schedule, label
+   smoothing, softer class weights, more epochs);
 4. + test-time augmentation over the 8 flips / rotations;
 5. + a class-prior shift (:class:`helpers.models.PriorShift`, strength ``tau`` chosen on val).
 
@@ -15,7 +15,7 @@ Model selection (best epoch, ``tau``) uses only train and val; the test split is
 predictor is saved as one Keras model, ``models/dermamnist/best.keras``, with its TFLite exports (int8
 included) beside it, so notebook 05 with ``model_path=models/dermamnist/best.keras`` evaluates exactly it.
 
-    .venv/bin/python benchmarks/dermamnist.py                 # ~30-40 min on a 2-core CPU
+    .venv/bin/python benchmarks/dermamnist.py                 # ~35 min on a 2-core CPU
     .venv/bin/python benchmarks/dermamnist.py --tuned-epochs 3 --plain-epochs 2   # smoke run
 
 Prints a table and writes ``benchmarks/results/dermamnist.json``.
@@ -41,14 +41,13 @@ from helpers.export import export_report, load_keras_model, representative_sampl
 from helpers.models import count_params, predictor  # noqa: E402
 from helpers.paths import MODELS_DIR, PROJECT_ROOT  # noqa: E402
 from helpers.pipeline import load_images  # noqa: E402
-from helpers.train import Recipe, train  # noqa: E402
+from helpers.train import RECIPES, Recipe, train  # noqa: E402
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "dermamnist"
 RESULTS = Path(__file__).resolve().parent / "results" / "dermamnist.json"
 OUT_DIR = MODELS_DIR / "dermamnist"
 IMG_SIZE = 28
-PLAIN = Recipe()
-TUNED = Recipe(schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5)
+PLAIN, TUNED = RECIPES["plain"], RECIPES["tuned"]
 CALIBRATION_IMAGES = 500
 TAUS = tuple(np.round(np.arange(0.0, 1.01, 0.1), 2))
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "mel_sensitivity")
@@ -65,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--plain-epochs", type=int, default=15, help="epochs of the plain-recipe runs")
-    parser.add_argument("--tuned-epochs", type=int, default=40, help="epochs of the tuned default run")
+    parser.add_argument("--tuned-epochs", type=int, default=30, help="epochs of the tuned default run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate (tuned)")
     parser.add_argument("--seed", type=int, default=0)

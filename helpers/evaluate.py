@@ -41,7 +41,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from helpers.classes import CLASS_NAMES, MELANOMA, NUM_CLASSES
+from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX, MELANOMA, NUM_CLASSES
 from helpers.data import load_metadata, split_by_lesion
 from helpers.files import atomic_write
 from helpers.paths import MODELS_DIR, PROJECT_ROOT, VISUALIZATIONS_DIR
@@ -505,6 +505,31 @@ def summary_table(
             if metric in formatted.columns and None not in bounds:
                 formatted.loc[name, metric] += f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
     return formatted
+
+
+def majority_metrics(y_true: Sequence | np.ndarray, majority_class: str = "nv") -> dict:
+    """:func:`compute_metrics` of always answering ``majority_class`` (probability 1), per class included."""
+    y = label_ids(y_true)
+    probs = np.zeros((len(y), len(CLASS_NAMES)))
+    probs[:, CLASS_TO_INDEX[majority_class]] = 1.0
+    return compute_metrics(y, probs, n_bootstrap=0)
+
+
+def per_class_comparison(
+    metrics_by_name: Mapping[str, Mapping], measures: Sequence[str] = ("sensitivity", "f1")
+) -> pd.DataFrame:
+    """Predictors side by side (columns) on the headline figures and, per class, on each of ``measures``
+    (rows ``"sensitivity: mel"``, ...): the one table that shows where a model beats another or a baseline."""
+    headline = summary_table(metrics_by_name).T
+    per_class = {
+        name: {
+            f"{measure}: {cls}": values.get(measure)
+            for measure in measures
+            for cls, values in metrics["per_class"].items()
+        }
+        for name, metrics in metrics_by_name.items()
+    }
+    return pd.concat([headline, pd.DataFrame(per_class).astype(float)])
 
 
 # ----------------------------------------------------------------------------------------------- output

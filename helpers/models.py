@@ -203,6 +203,12 @@ def predictor(
     return keras.Model(inputs, x, name=f"{model.name}_predictor")
 
 
+def unwrap_predictor(model: keras.Model) -> keras.Model:
+    """The network inside a :func:`predictor` wrapper (``model`` itself when it is not one)."""
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return inner[0] if model.name.endswith("_predictor") and len(inner) == 1 else model
+
+
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "dermsep_net": dermsep_net,
     "cpu_light_efficient_cnn": cpu_light_efficient_cnn,

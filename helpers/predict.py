@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from helpers.classes import CLASS_FULL_NAMES, CLASS_NAMES
 from helpers.export import keras_predict, load_interpreter, load_keras_model, model_input_size, tflite_predict
+from helpers.models import unwrap_predictor
 from helpers.pipeline import decode_image
 
 MAX_IMAGE_PIXELS = 150_000_000
@@ -201,7 +202,10 @@ def gradcam(
     Reads the feature map of :func:`gradcam_layer` (or of ``layer_name``): channel weights are the mean
     gradients of the class score (the logit, before softmax, when the model ends in a softmax Dense layer);
     the weighted sum of channels goes through ReLU, is normalised to a maximum of 1 and resized to the image.
+    For a :func:`helpers.models.predictor` (test-time augmentation) it explains the network inside, on the
+    image as given.
     """
+    model = unwrap_predictor(model)
     image = np.asarray(image_uint8)
     size = model_input_size(model)
     if image.shape != (size, size, 3):

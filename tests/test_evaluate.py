@@ -390,3 +390,24 @@ def test_gradcam_grid(tmp_path):
     overlay = fig.axes[0].images[1].get_array()
     assert overlay.shape == (40, 50) and overlay.min() >= 0 and overlay.max() <= 1
     assert fig.axes[1].get_title() == "nv 0.55"
+
+
+def test_majority_metrics_score_always_answering_nv_per_class():
+    y = np.array(["nv", "nv", "mel", "bcc", "nv"])
+    metrics = ev.majority_metrics(y, "nv")
+    assert metrics["accuracy"] == pytest.approx(0.6)
+    assert metrics["per_class"]["nv"]["sensitivity"] == 1.0
+    assert metrics["per_class"]["mel"]["sensitivity"] == 0.0
+    assert metrics["mel_sensitivity"] == 0.0
+
+
+def test_per_class_comparison_puts_predictors_side_by_side():
+    y = np.array([0, 1, 2, 3, 4, 5, 6] * 3)
+    perfect = np.eye(7)[y]
+    table = ev.per_class_comparison(
+        {"perfect": ev.compute_metrics(y, perfect, n_bootstrap=0), "nv": ev.majority_metrics(y, "nv")}
+    )
+    assert list(table.columns) == ["perfect", "nv"]
+    assert table.loc["sensitivity: mel", "perfect"] == 1.0 and table.loc["sensitivity: mel", "nv"] == 0.0
+    assert table.loc["balanced_accuracy", "nv"] == pytest.approx(1 / 7)
+    assert table.loc["f1: nv", "nv"] == pytest.approx(2 * (1 / 7) / (1 + 1 / 7))

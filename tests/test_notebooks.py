@@ -26,13 +26,23 @@ PARAMETERS: dict[str, dict[str, object]] = {
         "out_dir": str(ROOT / "build" / "ci-visualizations" / "03"),
     },
     "04_train_and_resume": {"img_size": 48, "epochs": 2, "max_images": 240, "run_dir": str(RUN_DIR)},
-    "05_evaluate": {"model_path": str(RUN_DIR / "best.keras"), "max_images": 240},
+    "05_evaluate": {
+        "model_path": str(RUN_DIR / "best.keras"),
+        "max_images": 240,
+        "compare_model_path": str(RUN_DIR / "best.keras"),  # exercises the comparison; any model would do
+    },
 }
 # Text each executed notebook must show (checked on the outputs, so a silently empty notebook fails).
 EXPECTED_TEXT: dict[str, list[str]] = {
     "01_explore_metadata": ["lesions present in more than one split: 0", "majority_class"],
     "04_train_and_resume": ["epochs completed", "restored on resume", "backup/epoch-0003/state.json"],
-    "05_evaluate": ["matches training split: True", "majority baseline", "predictions shown", "tflite_int8"],
+    "05_evaluate": [
+        "matches training split: True",
+        "majority baseline",
+        "predictions shown",
+        "tflite_int8",
+        "sensitivity: mel",
+    ],
 }
 
 

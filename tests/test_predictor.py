@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from helpers.export import load_keras_model
-from helpers.models import Dihedral, PriorShift, build_model, count_params, predictor
+from helpers.models import Dihedral, PriorShift, build_model, count_params, predictor, unwrap_predictor
+from helpers.predict import gradcam
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,10 @@ def test_predictor_round_trips_through_a_keras_file(base: keras.Model, images: n
 def test_predictor_refuses_a_bad_number_of_views(base: keras.Model, views: int):
     with pytest.raises(ValueError, match="views must be 1..8"):
         predictor(base, views=views)
+
+
+def test_gradcam_of_a_predictor_explains_the_network_inside(base: keras.Model, images: np.ndarray):
+    image = images[0].astype("uint8")
+    wrapped = predictor(base, views=8, class_weights=np.ones(7))
+    assert unwrap_predictor(wrapped) is base and unwrap_predictor(base) is base
+    np.testing.assert_allclose(gradcam(wrapped, image, 2), gradcam(base, image, 2), atol=1e-6)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from train_utils import run_training
 
-from helpers.train import Recipe, SmoothedSparseCrossentropy, _optimizer
+from helpers.train import RECIPES, Recipe, SmoothedSparseCrossentropy, _optimizer
 
 TUNED = Recipe(
     schedule="cosine", warmup_epochs=1, weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5
@@ -83,3 +83,9 @@ def test_training_with_the_tuned_recipe_records_it_and_refuses_to_resume_with_an
     assert len(result.history) == 2 and np.isfinite(result.history["loss"]).all()
     with pytest.raises(ValueError, match="recipe"):
         run_training(synthetic_dir, tmp_path, run_dir, epochs=3, max_images=120)
+
+
+def test_recipes_are_chosen_by_name_and_unknown_names_are_refused(synthetic_dir: Path, tmp_path: Path):
+    assert RECIPES["tuned"].schedule == "cosine" and RECIPES["plain"] == Recipe()
+    with pytest.raises(ValueError, match=r"one of \['plain', 'tuned'\], got 'fancy'"):
+        run_training(synthetic_dir, tmp_path, tmp_path / "run", epochs=1, recipe="fancy")
