@@ -507,6 +507,42 @@ def summary_table(
     return formatted
 
 
+PRIOR_SHIFT_TAUS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def prior_shift_weights(train_labels: Sequence | np.ndarray, tau: float) -> np.ndarray:
+    """Per-class factors ``prior ** -tau`` from the training labels' class frequencies (for
+    :class:`helpers.models.PriorShift`): tau = 0 changes nothing, tau = 1 divides out the class prior."""
+    counts = np.bincount(label_ids(train_labels), minlength=len(CLASS_NAMES)).astype(float)
+    if (counts == 0).any():
+        missing = [CLASS_NAMES[i] for i in np.flatnonzero(counts == 0)]
+        raise ValueError(f"No training images of class(es) {missing}: a prior shift needs every class.")
+    return (counts / counts.sum()) ** -float(tau)
+
+
+def fit_prior_shift(
+    val_labels: Sequence | np.ndarray,
+    val_probs: np.ndarray,
+    train_labels: Sequence | np.ndarray,
+    taus: Sequence[float] = PRIOR_SHIFT_TAUS,
+) -> float:
+    """The ``tau`` of :func:`prior_shift_weights` with the best mean of accuracy, balanced accuracy and
+    macro-F1 on the validation predictions (ties: the smaller tau). Fit on val, never on the test split."""
+    y = label_ids(val_labels)
+
+    def objective(tau: float) -> float:
+        shifted = np.asarray(val_probs) * prior_shift_weights(train_labels, tau)
+        pred = shifted.argmax(axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            balanced = balanced_accuracy_score(y, pred)
+        macro_f1 = f1_score(y, pred, labels=list(range(len(CLASS_NAMES))), average="macro", zero_division=0)
+        return float((pred == y).mean() + balanced + macro_f1) / 3
+
+    scores = [objective(t) for t in taus]
+    return float(taus[int(np.argmax(scores))])
+
+
 def majority_metrics(y_true: Sequence | np.ndarray, majority_class: str = "nv") -> dict:
     """:func:`compute_metrics` of always answering ``majority_class`` (probability 1), per class included."""
     y = label_ids(y_true)

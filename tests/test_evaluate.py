@@ -411,3 +411,25 @@ def test_per_class_comparison_puts_predictors_side_by_side():
     assert table.loc["sensitivity: mel", "perfect"] == 1.0 and table.loc["sensitivity: mel", "nv"] == 0.0
     assert table.loc["balanced_accuracy", "nv"] == pytest.approx(1 / 7)
     assert table.loc["f1: nv", "nv"] == pytest.approx(2 * (1 / 7) / (1 + 1 / 7))
+
+
+def test_prior_shift_weights_divide_out_the_training_prior():
+    train = np.array(["nv"] * 6 + ["mel"] * 2 + ["akiec", "bcc", "bkl", "df", "vasc"] * 1)
+    prior = np.array([1, 1, 1, 1, 2, 6, 1]) / 13  # CLASS_NAMES order: akiec bcc bkl df mel nv vasc
+    np.testing.assert_allclose(ev.prior_shift_weights(train, 0.0), np.ones(7))
+    np.testing.assert_allclose(ev.prior_shift_weights(train, 1.0), 1 / prior)
+    np.testing.assert_allclose(ev.prior_shift_weights(train, 0.5), prior**-0.5)
+    with pytest.raises(ValueError, match=r"class\(es\) \['vasc'\]"):
+        ev.prior_shift_weights(train[train != "vasc"], 0.5)
+
+
+def test_fit_prior_shift_picks_the_tau_that_recovers_rare_classes():
+    train = np.array([5] * 90 + [0, 1, 2, 3, 4, 6] * 2)
+    y = np.array([5] * 10 + [4] * 10)
+    probs = np.full((20, 7), 0.01)
+    probs[:10, 5] = 0.9  # nv images: confidently nv
+    probs[10:, 5], probs[10:, 4] = 0.6, 0.3  # mel images: nv by a small margin, which the prior explains
+    assert ev.fit_prior_shift(y, probs, train, taus=(0.0,)) == 0.0
+    tau = ev.fit_prior_shift(y, probs, train)
+    shifted = probs * ev.prior_shift_weights(train, tau)
+    assert tau > 0 and (shifted.argmax(1) == y).all()
