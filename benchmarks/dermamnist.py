@@ -24,7 +24,6 @@ Prints a table and writes ``benchmarks/results/dermamnist.json``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from throughput import machine_info  # noqa: E402  (benchmarks/throughput.py)
 
 from helpers.classes import CLASS_TO_INDEX  # noqa: E402
 from helpers.data import load_metadata  # noqa: E402
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     export = export_report(best_path, val_x, val_y, args.out_dir, calibration)
     single = export_report(tuned, val_x, val_y, args.out_dir / "single_view", calibration)
     return {
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "machine": machine_info(),
         "data": str(args.data_dir),
         "split_sizes": {"train": len(train_df), "val": len(val_df)},
         "args": {k: str(v) for k, v in vars(args).items()},

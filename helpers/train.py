@@ -153,14 +153,6 @@ class Recipe:
         return {k: float(v**self.class_weight_power) for k, v in balanced.items()}
 
 
-RECIPES: dict[str, Recipe] = {
-    "plain": Recipe(),
-    "tuned": Recipe(schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5),
-}
-"""Named recipes (``train(recipe="tuned")``): "tuned" is what ``benchmarks/dermamnist.py`` measured best on
-DermaMNIST's validation split; use it with more epochs (30+) and a higher ``learning_rate`` (2e-3)."""
-
-
 @dataclass
 class TrainResult:
     """What :func:`train` produced. Epoch numbers are 1-based, as in ``history.csv``."""
@@ -205,6 +197,14 @@ def _is_number(value: object) -> bool:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+RECIPES: dict[str, Recipe] = {
+    "plain": Recipe(),
+    "tuned": Recipe(schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5),
+}
+"""Named recipes (``train(recipe="tuned")``): "tuned" is what ``benchmarks/dermamnist.py`` measured best on
+DermaMNIST's validation split; use it with more epochs (30+) and a higher ``learning_rate`` (2e-3)."""
 
 
 def _check_params(
