@@ -55,7 +55,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "dermamnist.json"
 OUT_DIR = MODELS_DIR / "dermamnist"
 IMG_SIZE = 28
 PLAIN, TUNED = RECIPES["plain"], RECIPES["tuned"]
-CALIBRATION_IMAGES = 500
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "mel_sensitivity")
 GOALS = {
     "accuracy": 0.82,
@@ -175,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     best_path = args.out_dir / "best.keras"
     best.save(best_path)
-    calibration = representative_sample(train_df, IMG_SIZE, n=CALIBRATION_IMAGES, seed=args.seed)
+    calibration = representative_sample(train_df, IMG_SIZE, seed=args.seed)
     export = export_report(best_path, val_x, val_y, args.out_dir, calibration)
     single = export_report(tuned, val_x, val_y, args.out_dir / "single_view", calibration)
     return {

@@ -30,8 +30,9 @@ from helpers.models import measure_latency
 from helpers.pipeline import load_images
 
 QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "int8")
-REPRESENTATIVE_IMAGES = 200
-"""Default number of training images used to calibrate int8 activation ranges."""
+REPRESENTATIVE_IMAGES = 500
+"""Default number of training images used to calibrate int8 activation ranges (on DermaMNIST, 500 gave 0.982
+and 0.984 top-1 agreement with Keras for two calibration draws, 200 gave 0.979-0.980)."""
 
 
 # --------------------------------------------------------------------------------------------- loading
