@@ -328,7 +328,8 @@ def validation_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Scores the whole validation set after each epoch and adds :func:`validation_scores` to the logs.
+    """Scores the whole validation set after each epoch and adds :func:`validation_scores` (and the current
+    learning rate) to the logs.
 
     Put it first in the callback list so that model selection, early stopping, the learning-rate schedule
     and the checkpoint all see ``val_balanced_accuracy``. (Keras' own validation is not used: it would
@@ -344,6 +345,8 @@ class ValidationMetrics(keras.callbacks.Callback):
         probs = self.model.predict(self.dataset, verbose=0)
         if logs is not None:
             logs.update(validation_scores(self.labels, probs))
+            # the rate of the next step, logged for every schedule (ReduceLROnPlateau logs the same value)
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 # ------------------------------------------------------------------------------------------ backups

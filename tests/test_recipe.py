@@ -81,6 +81,8 @@ def test_training_with_the_tuned_recipe_records_it_and_refuses_to_resume_with_an
     expected = {k: (total / (present * c)) ** 0.5 for k, c in counts.items() if c}
     assert manifest["class_weights"] == pytest.approx(expected, rel=1e-5), "square-rooted balanced weights"
     assert len(result.history) == 2 and np.isfinite(result.history["loss"]).all()
+    rates = result.history["learning_rate"].tolist()  # logged (and printed) for the cosine schedule too
+    assert rates[0] == pytest.approx(1e-3) and rates[1] == pytest.approx(1e-5), "peak, then 1% at the end"
     with pytest.raises(ValueError, match="recipe"):
         run_training(synthetic_dir, tmp_path, run_dir, epochs=3, max_images=120)
 
