@@ -8,9 +8,21 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from train_utils import run_training
+from train_utils import run_training, same_weights
 
-from helpers.train import RECIPES, Recipe, SmoothedSparseCrossentropy, _optimizer
+from helpers.classes import CLASS_TO_INDEX
+from helpers.export import load_keras_model as load_model
+from helpers.pipeline import load_images
+from helpers.train import (
+    RECIPES,
+    Recipe,
+    SmoothedSparseCrossentropy,
+    _compiled_model,
+    _optimizer,
+    averaged_weights,
+    prepare_data,
+    validation_scores,
+)
 
 TUNED = Recipe(
     schedule="cosine", warmup_epochs=1, weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5
@@ -91,3 +103,69 @@ def test_recipes_are_chosen_by_name_and_unknown_names_are_refused(synthetic_dir:
     assert RECIPES["tuned"].schedule == "cosine" and RECIPES["plain"] == Recipe()
     with pytest.raises(ValueError, match=r"one of \['plain', 'tuned'\], got 'fancy'"):
         run_training(synthetic_dir, tmp_path, tmp_path / "run", epochs=1, recipe="fancy")
+
+
+EMA = Recipe(ema=0.9)  # plateau schedule: independent of the epoch count, so a resume is exact
+
+
+def test_averaged_weights_are_the_exponential_moving_average_and_are_put_back():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(_optimizer(0.1, EMA, total_steps=10, steps_per_epoch=5), "mse")
+    rng = np.random.default_rng(0)
+    expected = None
+    for _ in range(4):
+        model.train_on_batch(rng.normal(size=(8, 4)), rng.normal(size=(8, 3)))
+        raw = [w.copy() for w in model.get_weights()]
+        # Keras' rule: the first step copies the weights, later ones mix in 10% of the new weights
+        expected = (
+            raw if expected is None else [0.9 * e + 0.1 * r for e, r in zip(expected, raw, strict=True)]
+        )
+    with averaged_weights(model):
+        inside = model.get_weights()
+    assert all(np.allclose(i, e, atol=1e-6) for i, e in zip(inside, expected, strict=True))
+    assert not np.allclose(inside[0], raw[0]), "the average lags the raw weights"
+    assert all(np.array_equal(w, r) for w, r in zip(model.get_weights(), raw, strict=True)), (
+        "raw weights back"
+    )
+
+
+def test_averaged_weights_is_a_no_op_without_ema():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(_optimizer(0.1, Recipe(), total_steps=10, steps_per_epoch=5), "mse")
+    model.train_on_batch(np.ones((8, 4)), np.zeros((8, 3)))
+    before = model.get_weights()
+    with averaged_weights(model):
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before, strict=True))
+
+
+@pytest.mark.parametrize("momentum", [1.0, -0.1, "0.99"])
+def test_bad_ema_momentum_is_refused(momentum: object):
+    with pytest.raises(ValueError, match="Recipe.ema"):
+        Recipe(ema=momentum)
+
+
+def test_ema_training_saves_the_averaged_weights_and_resumes_from_the_raw_ones(
+    synthetic_dir: Path, tmp_path: Path
+):
+    once = run_training(synthetic_dir, tmp_path, tmp_path / "once", epochs=2, recipe=EMA, max_images=120)
+    split = tmp_path / "split"
+    first = run_training(synthetic_dir, tmp_path, split, epochs=1, recipe=EMA, max_images=120)
+    # after epoch 1, best.keras is the averaged model; the backup holds the raw weights and the averages
+    model = _compiled_model("cpu_light_efficient_cnn", 32, 1e-3, None, EMA, total_steps=12, steps_per_epoch=6)
+    model.load_weights(split / "backup" / "epoch-0001" / "state.weights.h5")
+    best = load_model(first.best_model_path).get_weights()
+    assert not same_weights(model.get_weights(), best)
+    with averaged_weights(model):
+        assert same_weights(model.get_weights(), best)
+    # the logged validation scores are those of the averaged weights, i.e. of best.keras
+    val = prepare_data(synthetic_dir, seed=42, max_images=120, verbose=False).query("split == 'val'")
+    images = load_images(val["path"].tolist(), 32, cache=tmp_path / "cache", progress=False)
+    probs = load_model(first.best_model_path).predict(images.astype("float32"), verbose=0)
+    logged = first.history.iloc[0]
+    for key, value in validation_scores(val["dx"].map(CLASS_TO_INDEX).to_numpy(), probs).items():
+        assert logged[key] == pytest.approx(value, rel=1e-4), key
+    resumed = run_training(synthetic_dir, tmp_path, split, epochs=2, recipe=EMA, max_images=120)
+    assert resumed.history["val_loss"].tolist() == once.history["val_loss"].tolist()
+    assert same_weights(
+        load_model(resumed.best_model_path).get_weights(), load_model(once.best_model_path).get_weights()
+    )
