@@ -121,8 +121,8 @@ class Recipe:
     weighting, 0.5 is in between (rare classes count more, but less than fully).
     ``ema`` > 0 keeps an exponential moving average of the weights with that momentum (e.g. 0.995, an
     average over the last ~200 steps); validation, model selection and ``best.keras`` then use the averaged
-    weights, which are steadier and usually score higher than the last step's. Training itself (and a
-    resume) continues from the raw weights.
+    weights, which move less from epoch to epoch than the last step's. Training itself (and a resume)
+    continues from the raw weights. (On DermaMNIST it did not help; see ``benchmarks/dermamnist.py``.)
     """
 
     schedule: str = "plateau"
@@ -862,10 +862,8 @@ def _fit(
     for _ in range(start_epoch):  # advance the shuffle/augmentation seeds to the resumed epoch
         iter(train_ds)
     callbacks = [ValidationMetrics(val_ds, val_df["dx"].map(CLASS_TO_INDEX).to_numpy())]
-    callbacks += (
-        [checkpoint.selection, checkpoint.reduce_lr] if checkpoint.reduce_lr else [checkpoint.selection]
-    )
-    callbacks += [checkpoint, keras.callbacks.ProgbarLogger()]
+    callbacks += [c for c in (checkpoint.selection, checkpoint.reduce_lr, checkpoint) if c is not None]
+    callbacks += [keras.callbacks.ProgbarLogger()]
     callbacks += [EpochSummary(epochs, checkpoint.selection)] if verbose else []
     model.fit(
         train_ds.repeat(),  # one iterator for the whole fit: epoch k draws the k-th shuffle/augmentation
@@ -949,9 +947,8 @@ def _optimizer(
 def averaged_weights(model: keras.Model) -> Iterator[None]:
     """Inside the block, ``model``'s trainable weights are the optimizer's moving averages (a recipe with
     ``ema`` > 0); on leaving, the raw weights are put back. Does nothing for an optimizer without EMA."""
-    optimizer = getattr(model, "optimizer", None)
-    averages = getattr(optimizer, "_model_variables_moving_average", None) if optimizer is not None else None
-    if not (optimizer is not None and optimizer.use_ema and averages):
+    averages = getattr(getattr(model, "optimizer", None), "_model_variables_moving_average", None)
+    if not averages:  # Keras creates the averages only for an optimizer built with use_ema=True
         yield
         return
     raw = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
