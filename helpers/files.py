@@ -3,7 +3,8 @@
 Every file the toolkit writes for later use (image caches, manifests, metrics, predictions, reports) goes
 through :func:`atomic_write`: the data lands in a temporary file beside the target (``.<name>.<pid>.<random>
 .tmp``) that replaces the target with one rename, so a reader or a crash sees either the old or the new file,
-never half of one. A process killed mid-write leaves only its temporary file, which
+never half of one; the file and then its folder are fsynced, so the new file also survives a power cut. A
+process killed mid-write leaves only its temporary file, which
 :func:`remove_stale_temporaries` deletes once that process is gone.
 """
 
@@ -40,11 +41,39 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except OSError as err:
         raise OSError(err.errno, f"Could not write {path} ({err.strerror or err}). {_advice(err)}") from err
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_folder(folder: str | Path) -> None:
+    """Flush ``folder``'s entries to disk, so a rename into it survives a power cut (no-op where folders
+    cannot be opened, e.g. on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on folders
+    finally:
+        os.close(fd)
+
+
+def fsync_files(folder: str | Path) -> None:
+    """Flush every file directly in ``folder``, then the folder itself, to disk."""
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False):
+            fd = os.open(entry.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_folder(folder)
 
 
 def _advice(err: OSError) -> str:

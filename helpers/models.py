@@ -148,7 +148,8 @@ def dermsep_net(
 @keras.saving.register_keras_serializable(package="helpers")
 class Dihedral(keras.layers.Layer):
     """One of the 8 flips / 90-degree rotations of a square image batch: bit 4 transposes, bit 2 flips
-    left-right, bit 1 flips up-down (``view=0`` is the identity)."""
+    left-right, bit 1 flips up-down (``view=0`` is the identity). Predictors saved before
+    :class:`DihedralViews` hold one per view, so it stays loadable."""
 
     def __init__(self, view: int, **kwargs):
         super().__init__(**kwargs)
@@ -157,16 +158,58 @@ class Dihedral(keras.layers.Layer):
         self.view = int(view)
 
     def call(self, x):
-        if self.view & 4:
-            x = keras.ops.transpose(x, (0, 2, 1, 3))
-        if self.view & 2:
-            x = keras.ops.flip(x, axis=2)
-        if self.view & 1:
-            x = keras.ops.flip(x, axis=1)
-        return x
+        return _dihedral_view(x, self.view)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "view": self.view}
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class DihedralViews(keras.layers.Layer):
+    """The first ``views`` dihedral views of a batch of ``B`` images stacked into one batch of ``views * B``
+    (view-major), so a network runs once on all of them and its weights appear once in an export."""
+
+    def __init__(self, views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.views = _check_views(views)
+
+    def call(self, x):
+        return keras.ops.concatenate([_dihedral_view(x, v) for v in range(self.views)], axis=0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class ViewMean(keras.layers.Layer):
+    """The mean over views of ``(views * B, C)`` predictions stacked by :class:`DihedralViews`: ``(B, C)``."""
+
+    def __init__(self, views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.views = _check_views(views)
+
+    def call(self, x):
+        stacked = keras.ops.reshape(x, (self.views, -1, keras.ops.shape(x)[-1]))
+        return keras.ops.mean(stacked, axis=0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "views": self.views}
+
+
+def _dihedral_view(x, view: int):
+    if view & 4:
+        x = keras.ops.transpose(x, (0, 2, 1, 3))
+    if view & 2:
+        x = keras.ops.flip(x, axis=2)
+    if view & 1:
+        x = keras.ops.flip(x, axis=1)
+    return x
+
+
+def _check_views(views: int) -> int:
+    if isinstance(views, bool) or not isinstance(views, int | np.integer) or not 1 <= views <= 8:
+        raise ValueError(f"views must be 1..8 (an integer), got {views!r}.")
+    return int(views)
 
 
 @keras.saving.register_keras_serializable(package="helpers")
@@ -192,12 +235,14 @@ def predictor(
     """``model`` wrapped as one Keras model that averages its softmax over the first ``views`` dihedral views
     (test-time augmentation; 1 = none, 8 = all flips and rotations) and, with ``class_weights``, re-weights
     the averaged probabilities (:class:`PriorShift`). Saved as ``.keras`` it is the whole predictor, so
-    evaluation and export see exactly what was measured."""
-    if not 1 <= views <= 8:
-        raise ValueError(f"views must be 1..8, got {views!r}.")
+    evaluation and export see exactly what was measured. All views go through ``model`` as one batch
+    (:class:`DihedralViews` / :class:`ViewMean`), so an export holds its weights once."""
+    views = _check_views(views)
     inputs = keras.Input(model.input_shape[1:], name="image")
-    outputs = [model(Dihedral(v, name=f"view{v}")(inputs)) for v in range(views)]
-    x = outputs[0] if views == 1 else keras.layers.Average(name="tta_mean")(outputs)
+    if views == 1:
+        x = model(inputs)
+    else:
+        x = ViewMean(views, name="tta_mean")(model(DihedralViews(views, name="tta_views")(inputs)))
     if class_weights is not None:
         x = PriorShift(list(np.asarray(class_weights, dtype=float)), name="prior_shift")(x)
     return keras.Model(inputs, x, name=f"{model.name}_predictor")

@@ -4,8 +4,8 @@ A run lives in one folder (``models/<run_name>/`` by default)::
 
     best.keras      the model of the epoch with the highest validation balanced accuracy
     history.csv     one row per completed epoch (each epoch exactly once)
-    manifest.json   parameters, library versions, data fingerprint, class weights, git commit, times,
-                    epochs completed, best epoch and value
+    manifest.json   parameters, library versions, data fingerprint and excluded images, class weights,
+                    git commit, times, epochs completed, best epoch and value
     backup/epoch-NNNN/  the last completed epoch: weights + optimizer state, random-generator state, the
                     state of model selection / early stopping and of the learning-rate schedule, history and
                     best model
@@ -54,7 +54,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX, NUM_CLASSES
 from helpers.data import class_weights, load_metadata, split_by_lesion, subsample
 from helpers.evaluate import write_json
-from helpers.files import free_bytes, megabytes
+from helpers.files import free_bytes, fsync_files, fsync_folder, megabytes
 from helpers.models import DEFAULT_MODEL, MIN_IMG_SIZE, MODEL_NAMES, build_model, count_params
 from helpers.paths import MODELS_DIR, PROJECT_ROOT, VISUALIZATIONS_DIR
 from helpers.pipeline import make_dataset
@@ -432,6 +432,7 @@ def _publish(src: Path, dst: Path) -> None:
     try:
         _link_or_copy(src, tmp)
         os.replace(tmp, dst)
+        fsync_folder(dst.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -588,6 +589,7 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
             self._write_snapshot(tmp, epoch, improved, previous)
             shutil.rmtree(target, ignore_errors=True)
             os.rename(tmp, target)
+            fsync_folder(backup)  # the new snapshot is on disk before the previous one is deleted
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise OSError(
@@ -622,6 +624,7 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
         )
         self.manifest["sessions"][-1]["end_epoch"] = epoch
         write_json(self.manifest, tmp / "manifest.json")
+        fsync_files(tmp)  # everything is on disk before state.json marks the snapshot complete
         write_json(self.state(epoch), tmp / "state.json")
 
     def publish(self) -> None:
@@ -721,13 +724,21 @@ def _versions() -> dict[str, str]:
 
 def _new_manifest(parameters: dict, df: pd.DataFrame, identity: dict, weights: dict[int, float]) -> dict:
     counts = pd.crosstab(df["dx"], df["split"]).reindex(index=list(CLASS_NAMES), fill_value=0)
+    validation = df.attrs.get("validation", {})
     return {
         "parameters": parameters,
         "identity": identity,
         "selection_metric": SELECTION_METRIC,
         "data": {
             "fingerprint": identity["data_fingerprint"],
-            "source": df.attrs.get("validation", {}).get("image_root"),
+            "source": validation.get("image_root"),
+            "excluded_images": {
+                "missing": validation.get("missing_images", []),
+                "unreadable": [
+                    {"image_id": c["image_id"], "reason": c["reason"]}
+                    for c in validation.get("corrupt_images", [])
+                ],
+            },
             "images": {s: int((df["split"] == s).sum()) for s in ("train", "val", "test")},
             "class_counts": {s: counts[s].to_dict() for s in counts.columns},
         },

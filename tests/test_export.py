@@ -24,7 +24,7 @@ from helpers.export import (
     tflite_latency,
     tflite_predict,
 )
-from helpers.models import build_model
+from helpers.models import build_model, predictor
 from helpers.pipeline import load_images
 
 SIZE = 28
@@ -136,6 +136,24 @@ def test_cpu_light_model_exports_from_keras_file(
     assert probs.shape == (8, len(CLASS_NAMES)) and np.allclose(probs.sum(axis=1), 1.0, atol=0.02)
     if quantization == "float32":
         assert np.abs(probs - keras_predict(model, images)).max() < 1e-4
+
+
+def test_tta_predictor_exports_its_weights_once(
+    trained_model: keras.Model, data: dict, tmp_path: Path
+) -> None:
+    """An 8-view predictor runs its network once on a stacked batch: its int8 file is about the network's
+    size (not 8 copies), and it agrees with the Keras predictor on single images and batches."""
+    wrapped = predictor(trained_model, views=8, class_weights=np.linspace(0.5, 2, len(CLASS_NAMES)))
+    calibration = data["train_images"][:20]
+    single = export_tflite(trained_model, tmp_path / "single.tflite", "int8", calibration)
+    tta = export_tflite(wrapped, tmp_path / "tta.tflite", "int8", calibration)
+    assert os.path.getsize(tta) < 1.2 * os.path.getsize(single)
+    images = data["val_images"][:6]
+    reference = keras_predict(wrapped, images)
+    float32 = export_tflite(wrapped, tmp_path / "tta32.tflite", "float32")
+    np.testing.assert_allclose(tflite_predict(float32, images), reference, atol=1e-5)
+    np.testing.assert_allclose(tflite_predict(float32, images[2]), reference[2:3], atol=1e-5)
+    assert (tflite_predict(tta, images).argmax(1) == reference.argmax(1)).mean() >= 5 / 6
 
 
 def test_tflite_predict_single_image_and_batches(report: pd.DataFrame, data: dict) -> None:

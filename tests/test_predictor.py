@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from helpers.export import load_keras_model
-from helpers.models import Dihedral, PriorShift, build_model, count_params, predictor, unwrap_predictor
+from helpers.models import (
+    Dihedral,
+    DihedralViews,
+    PriorShift,
+    ViewMean,
+    build_model,
+    count_params,
+    predictor,
+    unwrap_predictor,
+)
 from helpers.predict import gradcam
 
 
@@ -41,6 +50,10 @@ def test_the_eight_dihedral_views_are_the_flips_and_rotations(images: np.ndarray
     flat = {got[0].tobytes() for got in views}
     assert len(flat) == 8, "all 8 views differ on a random image"
     np.testing.assert_array_equal(views[3], np.rot90(images, 2, axes=(1, 2)))  # both flips = 180 degrees
+    stacked = np.asarray(DihedralViews(8)(images))
+    np.testing.assert_array_equal(stacked, np.concatenate([numpy_view(images, v) for v in range(8)]))
+    per_image_mean = np.mean([numpy_view(images, v) for v in range(8)], axis=0).reshape(len(images), -1)
+    np.testing.assert_allclose(ViewMean(8)(stacked.reshape(len(stacked), -1)), per_image_mean, rtol=1e-6)
 
 
 def test_tta_predictor_averages_the_base_model_over_the_views(base: keras.Model, images: np.ndarray):
@@ -68,7 +81,7 @@ def test_predictor_round_trips_through_a_keras_file(base: keras.Model, images: n
     assert loaded.input_shape == (None, 16, 16, 3)
 
 
-@pytest.mark.parametrize("views", [0, 9])
+@pytest.mark.parametrize("views", [0, 9, 2.5, True])
 def test_predictor_refuses_a_bad_number_of_views(base: keras.Model, views: int):
     with pytest.raises(ValueError, match="views must be 1..8"):
         predictor(base, views=views)

@@ -7,7 +7,9 @@ of its file and then SIGKILLs its own process: each kill point is hit determinis
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import re
 import shutil
@@ -18,6 +20,8 @@ import textwrap
 from pathlib import Path
 
 import keras
+import matplotlib.figure
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +31,7 @@ from train_utils import CLI_SETTINGS, SETTINGS, run_training, same_weights
 from helpers import files, pipeline
 from helpers.data import load_metadata
 from helpers.evaluate import evaluate_model
+from helpers.plots.common import save_figure
 from helpers.train import MIN_FREE_BYTES, read_backup_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,6 +278,69 @@ def test_disk_full_at_metrics_write_is_a_clear_error_and_keeps_the_old_file(
         evaluate_model(model_path, synthetic_dir, out_dir=out, cache=False, n_bootstrap=10, verbose=False)
     assert (out / "predictions.csv").read_text() == "old predictions\n"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"], "no temporaries"
+
+
+def test_disk_full_while_saving_a_figure_keeps_the_old_figure(tmp_path, monkeypatch):
+    target = tmp_path / "figures" / "confusion.png"
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    save_figure(figure, target)
+    old = target.read_bytes()
+    assert old.startswith(b"\x89PNG")
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def half_written_then_full(self, target, **kwargs):  # writes part of the PNG, then the disk is full
+        buffer = io.BytesIO()
+        real_savefig(self, buffer, **{"format": "png", **kwargs})
+        with contextlib.ExitStack() as stack:
+            handle = target if hasattr(target, "write") else stack.enter_context(open(target, "wb"))
+            handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written_then_full)
+    axes.plot([0, 1], [0, 1])
+    with pytest.raises(
+        OSError, match=f"Could not write {re.escape(str(target))} \\(No space left on device\\)"
+    ):
+        save_figure(figure, target)
+    plt.close(figure)
+    assert target.read_bytes() == old
+    assert [p.name for p in target.parent.iterdir()] == ["confusion.png"], "no temporaries"
+
+
+def test_checkpoint_files_reach_the_disk_before_they_are_published(synthetic_dir, workdir, monkeypatch):
+    """Power-cut safety: a snapshot's files are fsynced before ``state.json`` marks it complete, and each
+    rename (snapshot commit, publication into the run folder) is followed by an fsync of its folder."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def renamer(real):
+        def rename(src, dst, *args, **kwargs):
+            real(src, dst, *args, **kwargs)
+            events.append(("rename", str(Path(dst).resolve())))
+
+        return rename
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", renamer(real_replace))
+    monkeypatch.setattr(os, "rename", renamer(real_rename))
+    run_dir = (workdir / "fsynced").resolve()
+    run_training(synthetic_dir, workdir, run_dir, epochs=2)
+    snapshot, backup = run_dir / "backup" / "epoch-0002", run_dir / "backup"
+    committed = events.index(("rename", str(snapshot)))
+    assert events[committed + 1] == ("fsync", str(backup)), "the commit is durable before old ones go"
+    state_written = max(
+        i for i, (kind, path) in enumerate(events[:committed]) if path.endswith("/state.json")
+    )
+    flushed = {Path(path).name for kind, path in events[:state_written] if kind == "fsync"}
+    assert {"state.weights.h5", "rng.npz", "best.keras", "history.csv", "manifest.json"} <= flushed
+    for name in ("best.keras", "history.csv", "manifest.json"):
+        published = max(i for i, event in enumerate(events) if event == ("rename", str(run_dir / name)))
+        assert events[published + 1] == ("fsync", str(run_dir)), name
 
 
 def test_run_dir_under_a_regular_file_is_refused_before_loading_data(tmp_path):

@@ -82,7 +82,24 @@ def test_run_writes_its_files(two_epochs, workdir: Path):
     assert manifest["class_weights"]["nv"] < 1 < manifest["class_weights"]["df"]
     assert manifest["versions"]["tensorflow"] and manifest["started_at"] <= manifest["finished_at"]
     assert len(manifest["data"]["fingerprint"]) == 64 and manifest["data"]["images"]["test"] > 0
+    assert manifest["data"]["excluded_images"] == {"missing": [], "unreadable": []}
     assert "git_commit" in manifest
+
+
+def test_manifest_names_the_images_left_out(synthetic_dir: Path, workdir: Path, tmp_path: Path):
+    data = shutil.copytree(synthetic_dir, tmp_path / "ham")
+    images = sorted(data.rglob("*.jpg"))
+    images[0].unlink()
+    images[1].write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning) as warned:
+        run = run_training(data, workdir, tmp_path / "run", epochs=1)
+    messages = " ".join(str(w.message) for w in warned)
+    assert "1 of 120 images listed" in messages and "Excluded 1 unreadable image file" in messages
+    excluded = json.loads((run.run_dir / "manifest.json").read_text())["data"]["excluded_images"]
+    assert excluded["missing"] == [images[0].stem]
+    assert [c["image_id"] for c in excluded["unreadable"]] == [images[1].stem]
+    assert "cannot be decoded" in excluded["unreadable"][0]["reason"]
+    assert sum(json.loads((run.run_dir / "manifest.json").read_text())["data"]["images"].values()) == 118
 
 
 def _best_row(history: pd.DataFrame) -> pd.Series:

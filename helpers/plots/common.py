@@ -6,11 +6,13 @@ from pathlib import Path
 
 import matplotlib.figure
 
+from helpers.files import atomic_write
+
 
 def save_figure(fig: matplotlib.figure.Figure, path: str | Path | None, dpi: int = 120) -> None:
-    """Save ``fig`` as PNG to ``path`` (creating folders); do nothing when ``path`` is None."""
+    """Save ``fig`` as PNG to ``path`` (creating folders) atomically: a failed or interrupted save leaves the
+    previous file, never half of one. Does nothing when ``path`` is None."""
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_write(Path(path)) as handle:
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
