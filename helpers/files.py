@@ -51,29 +51,25 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
 
 def fsync_folder(folder: str | Path) -> None:
     """Flush ``folder``'s entries to disk, so a rename into it survives a power cut (no-op where folders
-    cannot be opened, e.g. on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not support fsync on folders
-    finally:
-        os.close(fd)
+    cannot be opened or fsynced, e.g. on Windows or some filesystems)."""
+    with contextlib.suppress(OSError):
+        _fsync(folder)
 
 
 def fsync_files(folder: str | Path) -> None:
     """Flush every file directly in ``folder``, then the folder itself, to disk."""
     for entry in os.scandir(folder):
         if entry.is_file(follow_symlinks=False):
-            fd = os.open(entry.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(entry.path)
     fsync_folder(folder)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _advice(err: OSError) -> str:
