@@ -4,7 +4,8 @@ Images are decoded with Pillow (JPEG DCT-domain downscaling via ``Image.draft``,
 any colour mode converted to RGB) and resized to ``img_size`` x ``img_size`` by *squashing* the whole image
 (no crop, like the original project), so lesion borders near the edge are kept. The decoded uint8 array is
 kept in memory and saved under :func:`helpers.paths.cache_dir` as an ``.npy`` file keyed by a hash of the
-files (path, size, mtime) and ``img_size``, so later runs skip decoding entirely.
+files (path, size, mtime) and ``img_size``, so later runs skip decoding entirely. The cache folder is kept
+under a size budget (:func:`cache_budget`): writing a new cache file deletes the least recently used ones.
 
 Datasets yield ``(images, labels)``: float32 pixels in 0..255 of shape ``(batch, img_size, img_size, 3)`` (the
 models rescale inside themselves) and int32 class ids in :data:`helpers.classes.CLASS_NAMES` order.
@@ -12,6 +13,7 @@ models rescale inside themselves) and int32 class ids in :data:`helpers.classes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import numbers
@@ -43,6 +45,10 @@ HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 CACHE_SPACE_MARGIN = 256 * 2**20
 """Free space (bytes) left on the cache's disk after writing a cache file; otherwise no cache is written."""
 
+CACHE_BUDGET = 5 * 2**30
+"""Default size budget (bytes) of the image-cache folder; ``DERM_CACHE_MAX_GB`` overrides it."""
+
+_CACHE_GLOB = "images_*px_n*_*.npy"
 _LUMA = (0.299, 0.587, 0.114)
 _SPLITS = ("train", "val", "test")
 
@@ -150,6 +156,8 @@ def _read_cache(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray | Non
         return None
     if arr.shape != expected_shape or arr.dtype != np.uint8:
         return None
+    with contextlib.suppress(OSError):  # mark it recently used (a read-only cache is still read)
+        os.utime(path)
     return arr
 
 
@@ -192,7 +200,57 @@ def _load_unique(
         images = _decode_all(list(unique), img_size, workers, progress)
         if target is not None:
             _write_cache(target, images)
+            prune_cache(target.parent, keep=target)
     return images, rows.astype(np.int32)
+
+
+def cache_budget() -> int:
+    """The image-cache folder's size budget in bytes: ``DERM_CACHE_MAX_GB`` (GiB) or :data:`CACHE_BUDGET`."""
+    value = os.environ.get("DERM_CACHE_MAX_GB")
+    if value is None:
+        return CACHE_BUDGET
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = -1.0
+    if not 0 <= budget < float("inf"):
+        raise ValueError(
+            f"DERM_CACHE_MAX_GB={value!r} is not a size: set it to the image cache's budget in GiB (e.g. 5), "
+            "or unset it for the default."
+        )
+    return int(budget * 2**30)
+
+
+def prune_cache(
+    folder: str | Path | None = None, max_bytes: int | None = None, keep: Path | None = None
+) -> list[Path]:
+    """Delete the least recently used image-cache files in ``folder`` (default :func:`cache_dir`) until the
+    rest take at most ``max_bytes`` (default :func:`cache_budget`); ``keep`` is never deleted. Returns the
+    deleted paths. ``prune_cache(max_bytes=0)`` empties the cache; other files in the folder are untouched.
+    """
+    folder = cache_dir() if folder is None else Path(folder)
+    max_bytes = cache_budget() if max_bytes is None else max_bytes
+    files = []
+    for path in folder.glob(_CACHE_GLOB):
+        with contextlib.suppress(OSError):  # deleted meanwhile by another process
+            st = path.stat()
+            files.append((st.st_mtime_ns, st.st_size, path))
+    total = sum(size for _, size, _ in files)
+    deleted = []
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        if keep is not None and path == keep:
+            continue
+        try:
+            path.unlink()
+            deleted.append(path)
+        except FileNotFoundError:  # deleted meanwhile by another process
+            pass
+        except OSError:  # e.g. a read-only cache folder: leave the file
+            continue
+        total -= size
+    return deleted
 
 
 def load_images(

@@ -188,6 +188,51 @@ def test_cache_true_uses_cache_dir_and_false_writes_nothing(tiny_df, tmp_path, m
     assert pipeline.cache_file(tiny_df["path"], SIZE, cache=False) is None
 
 
+def _fake_cache_file(folder: Path, name: str, n_bytes: int, age_s: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"images_{SIZE}px_n3_{name}.npy"
+    path.write_bytes(b"x" * n_bytes)
+    then = path.stat().st_mtime - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_prune_cache_deletes_least_recently_used_first(cache):
+    oldest, old, newer, newest = (
+        _fake_cache_file(cache, n, 1000, age) for n, age in zip("abcd", (40, 30, 20, 10), strict=True)
+    )
+    other = cache / "notes.txt"
+    other.write_text("not a cache file")
+    deleted = pipeline.prune_cache(cache, max_bytes=2500, keep=oldest)
+    assert deleted == [old, newer]  # the kept file counts towards the budget but is never deleted
+    assert sorted(cache.iterdir()) == sorted([oldest, newest, other])
+    assert pipeline.prune_cache(cache, max_bytes=0) == [oldest, newest]
+    assert list(cache.iterdir()) == [other]
+
+
+def test_writing_a_cache_prunes_the_folder_to_its_budget(tiny_df, cache, monkeypatch):
+    older = _fake_cache_file(cache, "older", 10_000, 120)
+    newer = _fake_cache_file(cache, "newer", 10_000, 60)
+    monkeypatch.setenv("DERM_CACHE_MAX_GB", str(30_000 / 2**30))
+    load_images(tiny_df["path"], SIZE, cache=cache, progress=False)  # writes a new file of ~18 KB
+    assert not older.exists() and newer.exists() and len(_npy_files(cache)) == 2
+
+
+def test_reading_a_cache_file_marks_it_recently_used(tiny_df, cache):
+    load_images(tiny_df["path"], SIZE, cache=cache, progress=False)
+    (target,) = _npy_files(cache)
+    os.utime(target, (1_000_000, 1_000_000))
+    load_images(tiny_df["path"], SIZE, cache=cache, progress=False)
+    assert target.stat().st_mtime > 1_000_000 + 86_400
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "inf", "nan"])
+def test_bad_cache_budget_names_the_variable(tiny_df, cache, monkeypatch, value):
+    monkeypatch.setenv("DERM_CACHE_MAX_GB", value)
+    with pytest.raises(ValueError, match=r"DERM_CACHE_MAX_GB=.*budget in GiB"):
+        load_images(tiny_df["path"], SIZE, cache=cache, progress=False)
+
+
 # ------------------------------------------------------------------------------------------ augmentation
 def test_training_augments_and_shuffles_eval_does_not(tiny_df, cache):
     cached = load_images(tiny_df["path"], SIZE, cache=cache, progress=False).astype(np.float32)
