@@ -76,6 +76,7 @@ __all__ = [
     "main",
     "prepare_data",
     "read_backup_state",
+    "resolve_recipe",
     "resume_summary",
     "train",
     "validation_scores",
@@ -98,6 +99,7 @@ _IDENTITY_KEYS = (
     "data_fingerprint",
     "architecture",
     "recipe",
+    "optimiser",
 )
 _REDUCE_LR_STATE = ("wait", "best", "cooldown_counter")
 _TIE = 1e-12
@@ -187,7 +189,9 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ parameters
-def _resolve_recipe(recipe: Recipe | str | None) -> Recipe:
+def resolve_recipe(recipe: Recipe | str | None) -> Recipe:
+    """The :class:`Recipe` for ``recipe``: itself, the named one in :data:`RECIPES`, or the plain one for
+    None; ValueError naming the choices otherwise."""
     if recipe is None:
         return Recipe()
     if isinstance(recipe, str) and recipe in RECIPES:
@@ -225,6 +229,8 @@ def _check_params(
     max_images: object,
     patience: object,
     lr_patience: object,
+    lr_factor: object,
+    min_lr: object,
 ) -> None:
     """Raise ValueError naming the first bad parameter, before any work is done."""
     if not _is_int(img_size) or img_size < MIN_IMG_SIZE:
@@ -247,6 +253,10 @@ def _check_params(
     for name, value in (("patience", patience), ("lr_patience", lr_patience)):
         if not _is_int(value) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    if not _is_number(lr_factor) or not 0 < lr_factor < 1:
+        raise ValueError(f"lr_factor must be a number between 0 and 1 (exclusive), got {lr_factor!r}.")
+    if not _is_number(min_lr) or not 0 <= min_lr < float("inf"):
+        raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}.")
 
 
 def _ensure_writable(run_dir: Path) -> None:
@@ -312,10 +322,13 @@ def data_fingerprint(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(",".join(r) for r in rows).encode()).hexdigest()
 
 
-def default_run_name(model_name: str, img_size: int, seed: int, fingerprint: str) -> str:
-    """``<model>_<size>px_data-<fingerprint[:8]>_seed<seed>``: the same settings find the same run again."""
+def default_run_name(model_name: str, img_size: int, seed: int, fingerprint: str, settings: dict) -> str:
+    """``<model>_<size>px_data-<fingerprint[:8]>_seed<seed>_cfg-<hash>``: the same settings find the same
+    run again. ``settings`` (JSON values: batch size, optimiser, recipe) are hashed into the last part, so
+    changing any of them starts a new run instead of colliding with the old one."""
     key = DEFAULT_MODEL if model_name == "default" else model_name
-    return f"{key}_{img_size}px_data-{fingerprint[:8]}_seed{seed}"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{key}_{img_size}px_data-{fingerprint[:8]}_seed{seed}_cfg-{digest[:6]}"
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -800,8 +813,19 @@ def train(
     same weights on CPU.
     """
     arguments = dict(locals())  # the first statement: exactly the call's arguments
-    _check_params(img_size, model_name, epochs, batch_size, learning_rate, max_images, patience, lr_patience)
-    recipe = _resolve_recipe(recipe)
+    _check_params(
+        img_size,
+        model_name,
+        epochs,
+        batch_size,
+        learning_rate,
+        max_images,
+        patience,
+        lr_patience,
+        lr_factor,
+        min_lr,
+    )
+    recipe = resolve_recipe(recipe)
     if run_dir is not None:
         run_dir = Path(run_dir).expanduser().resolve()
         _ensure_writable(run_dir)
@@ -811,8 +835,15 @@ def train(
     data = prepare_data(data_dir, df, seed, max_images, verbose=verbose > 0)
     fingerprint = data_fingerprint(data)
     key = DEFAULT_MODEL if model_name == "default" else model_name
+    optimiser = {
+        "learning_rate": float(learning_rate),
+        "lr_factor": float(lr_factor),
+        "lr_patience": int(lr_patience),
+        "min_lr": float(min_lr),
+    }
+    settings = {"batch_size": batch_size, "optimiser": optimiser, "recipe": asdict(recipe)}
     if run_dir is None:
-        run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint)
+        run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint, settings)
         _ensure_writable(run_dir)
     parameters = _recorded_parameters(arguments, run_dir)
     train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
@@ -825,7 +856,7 @@ def train(
         "seed": seed,
         "data_fingerprint": fingerprint,
         "architecture": architecture_signature(model),
-        "recipe": asdict(recipe),
+        **settings,
     }
     snapshot, restored = _resume_point(run_dir, identity, resume)
     if snapshot is not None:
@@ -895,7 +926,7 @@ def _recorded_parameters(arguments: dict, run_dir: Path) -> dict:
         run_dir=str(run_dir),
         df=None if arguments["df"] is None else f"DataFrame with {len(arguments['df'])} rows",
         strategy=type(arguments["strategy"]).__name__ if arguments["strategy"] else None,
-        recipe=asdict(_resolve_recipe(arguments["recipe"])),
+        recipe=asdict(resolve_recipe(arguments["recipe"])),
     )
     return recorded
 
@@ -1024,7 +1055,7 @@ def _resume_point(run_dir: Path, identity: dict, resume: bool) -> tuple[Path | N
     diffs = [
         f"{k}: saved {saved.get(k)!r}, now {identity[k]!r}"
         for k in _IDENTITY_KEYS
-        if saved.get(k) != identity[k]
+        if saved.get(k) != identity[k] and (k in saved or k != "optimiser")  # runs saved before it was kept
     ]
     if diffs:
         raise ValueError(

@@ -50,6 +50,11 @@ TRAIN_PARAMETERS = {
         r"max_images must be None \(all images\) or a positive int, got 0",
     ),
     "patience_negative": ({"patience": -1}, "patience must be an int >= 0, got -1"),
+    "lr_factor_one": (
+        {"lr_factor": 1.0},
+        r"lr_factor must be a number between 0 and 1 \(exclusive\), got 1.0",
+    ),
+    "min_lr_text": ({"min_lr": "1e-6"}, "min_lr must be a number >= 0, got '1e-6'"),
 }
 
 
@@ -206,12 +211,20 @@ def test_notebook_01_with_nonexistent_data_dir_shows_the_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_notebook_04_with_too_small_img_size_shows_the_fix(synthetic_dir, tmp_path):
-    parameters = {"data_dir": str(synthetic_dir), "img_size": 8, "run_dir": str(tmp_path / "run")}
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ({"img_size": 8}, r"img_size must be an int >= 16 \(pixels per side\), got 8"),
+        (
+            {"recipe": "tuned2"},
+            r"recipe must be None, a helpers.train.Recipe or one of \['plain', 'tuned'\], got 'tuned2'",
+        ),
+    ],
+)
+def test_notebook_04_with_a_bad_parameter_shows_the_fix(synthetic_dir, tmp_path, bad, expected):
+    parameters = {"data_dir": str(synthetic_dir), "run_dir": str(tmp_path / "run"), **bad}
     name, message = _notebook_error("04_train_and_resume", parameters, tmp_path)
-    assert name == "ValueError" and re.search(
-        r"img_size must be an int >= 16 \(pixels per side\), got 8", message
-    )
+    assert name == "ValueError" and re.search(expected, message)
     assert not (tmp_path / "run").exists()
 
 

@@ -29,6 +29,7 @@ from helpers.train import (
     BalancedSelection,
     CrashSafeCheckpoint,
     data_fingerprint,
+    default_run_name,
     main,
     prepare_data,
     read_backup_state,
@@ -169,7 +170,7 @@ def test_continuing_a_finished_run_trains_only_the_extra_epoch(two_epochs, conti
     steps = int(two_epochs.model.optimizer.iterations.numpy()) // 2
     assert int(continued.model.optimizer.iterations.numpy()) == 3 * steps, "optimizer state continues"
     before = read_backup_state(two_epochs.run_dir)
-    assert history["learning_rate"].iloc[2] == pytest.approx(before["learning_rate"]), "LR not reset to 0.5"
+    assert history["learning_rate"].iloc[2] == pytest.approx(before["learning_rate"]), "LR state restored"
     after = read_backup_state(continued.run_dir)
     assert after["epoch"] == 3
     assert [p.name for p in (continued.run_dir / "backup").iterdir()] == ["epoch-0003"]
@@ -197,12 +198,27 @@ def test_rerun_of_a_finished_run_trains_nothing(synthetic_dir: Path, workdir: Pa
         ({"model_name": "default"}, "model_name"),
         ({"max_images": 60}, "data_fingerprint"),
         ({"batch_size": 8}, "batch_size"),
+        ({"learning_rate": 0.5}, "optimiser: saved .*'learning_rate': 0.001.*now .*'learning_rate': 0.5"),
+        ({"recipe": "tuned"}, "recipe"),
     ],
 )
 def test_resume_with_other_settings_is_refused(synthetic_dir, workdir, two_epochs, change: dict, named: str):
     with pytest.raises(ValueError, match=rf"{named}.*new run_dir.*resume=False"):
         run_training(synthetic_dir, workdir, two_epochs.run_dir, epochs=3, **change)
     assert read_backup_state(two_epochs.run_dir)["epoch"] == 2, "the refused run is untouched"
+
+
+def test_default_run_name_is_the_same_for_the_same_settings_only():
+    settings = {"batch_size": 32, "optimiser": {"learning_rate": 1e-3}, "recipe": {"schedule": "plateau"}}
+    name = default_run_name("default", 128, 42, "ab" * 32, settings)
+    assert name.startswith("dermsep_net_128px_data-abababab_seed42_cfg-")
+    assert name == default_run_name("dermsep_net", 128, 42, "ab" * 32, json.loads(json.dumps(settings)))
+    for changed in (
+        {"batch_size": 16},
+        {"optimiser": {"learning_rate": 2e-3}},
+        {"recipe": {"schedule": "cosine"}},
+    ):
+        assert default_run_name("default", 128, 42, "ab" * 32, {**settings, **changed}) != name
 
 
 def test_resume_false_starts_fresh_and_same_seed_repeats_the_run_exactly(
