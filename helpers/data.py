@@ -183,13 +183,13 @@ def _metadata_candidates(data_dir: Path, max_depth: int = 3) -> list[Path]:
 def _looks_like_metadata(path: Path) -> bool:
     try:
         header = _read_header(path)
-    except (OSError, UnicodeDecodeError, csv.Error):
+    except (OSError, csv.Error):
         return False
     return {"image_id", "dx"} <= header or _is_isic_onehot(header)
 
 
 def _read_header(path: Path) -> set[str]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # the full read names bad bytes
         first = f.readline()
     delimiter = max(",;\t", key=first.count)
     return {h.strip().strip('"') for h in first.strip().split(delimiter)}

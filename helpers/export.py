@@ -95,7 +95,8 @@ def export_tflite(
     """Convert a Keras model (or ``.keras`` file) to a ``.tflite`` file at ``out_path``; returns the path.
 
     ``quantization`` is ``"float32"``, ``"float16"`` or ``"int8"``; int8 needs ``representative_images``
-    (N, S, S, 3) of 0..255 pixels from the training split (:data:`REPRESENTATIVE_IMAGES`, see :func:`representative_sample`).
+    (N, S, S, 3) of 0..255 pixels from the training split (:data:`REPRESENTATIVE_IMAGES` of them, see
+    :func:`representative_sample`).
     The file is written atomically: a failed export leaves any previous file untouched and no partial file.
     """
     return _export(model_or_path, {quantization: Path(out_path)}, representative_images)[quantization]
@@ -116,7 +117,8 @@ def _export(
     if "int8" in targets:
         if representative_images is None:
             raise ValueError(
-                f"int8 export needs representative_images: ~{REPRESENTATIVE_IMAGES} training images (N, S, S, 3)."
+                f"int8 export needs representative_images: ~{REPRESENTATIVE_IMAGES} training images "
+                "(N, S, S, 3), e.g. helpers.export.representative_sample(df, img_size)."
             )
         calibration = _check_images(representative_images, size, "representative_images")
     function = _frozen_function(model, size)

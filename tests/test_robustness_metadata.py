@@ -78,6 +78,13 @@ def test_unusable_metadata_is_refused_naming_file_line_and_fix(case, tmp_path):
         load_metadata(tmp_path, metadata_csv=csv, verbose=False)
 
 
+def test_non_utf8_metadata_found_in_the_folder_gets_the_same_advice(tmp_path):
+    text, message = REFUSED["not_utf8_encoded"]
+    csv = _folder(tmp_path, text)
+    with pytest.raises(DataError, match=re.escape(str(csv)) + message):
+        load_metadata(tmp_path, verbose=False)  # found by its header, not passed as metadata_csv
+
+
 def test_folder_without_metadata_says_what_is_expected(tmp_path):
     with pytest.raises(
         DataError, match=f"No metadata CSV found in {tmp_path}.*HAM10000_metadata.csv.*README"
