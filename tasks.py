@@ -80,10 +80,31 @@ def _parse_value(text: str) -> object:
         return text
 
 
+def unknown_parameters(paths: list[Path], names: list[str]) -> list[str]:
+    """The names (in order) that none of the notebooks ``paths`` declares in its ``parameters`` cell."""
+    import papermill
+
+    declared = set()
+    for path in paths:
+        declared |= set(papermill.inspect_notebook(str(path)))
+    return [name for name in names if name not in declared]
+
+
 def main_job(args: argparse.Namespace) -> int:
     """Run the notebooks end to end on the default data (or with -p overrides)."""
     parameters = {name: _parse_value(value) for name, value in args.parameter}
     paths = notebook_paths(args.only)
+    if not paths:
+        print(f"error: no notebook matches --only {' '.join(args.only)}; see notebooks/.", file=sys.stderr)
+        return 2
+    unknown = unknown_parameters(paths, list(parameters))
+    if unknown:
+        print(
+            f"error: no notebook run here takes the parameter(s) {', '.join(unknown)}; each notebook's "
+            "'parameters' cell lists its names (see also the README).",
+            file=sys.stderr,
+        )
+        return 2
     for path in paths:
         run_notebook(path, BUILD / "notebooks", parameters)
     print(
@@ -118,6 +139,8 @@ def main() -> int:
     run.add_argument("--only", nargs="+", help="notebook prefixes, e.g. 01 04")
     sub.add_parser("test", help="run the test suite and notebook checks")
     args, rest = parser.parse_known_args()
+    if args.command == "main" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     ensure_venv()
     os.chdir(ROOT)
     if args.command == "main":

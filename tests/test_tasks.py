@@ -1,0 +1,34 @@
+"""tasks.py: the main command refuses mistyped options and parameters before running any notebook."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--onyl", "01"], "unrecognized arguments: --onyl 01"),
+        (["--only", "01", "-p", "dat_dir", "x"], "no notebook run here takes the parameter(s) dat_dir"),
+        (
+            ["--only", "05", "-p", "recipe", "tuned"],
+            "takes the parameter(s) recipe",
+        ),  # a parameter of 04 only
+        (["--only", "09"], "no notebook matches --only 09"),
+    ],
+)
+def test_main_refuses_typos_before_running_anything(arguments, message):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "tasks.py"), "main", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and message in run.stderr
+    assert "=== " not in run.stdout, "no notebook was started"
