@@ -48,7 +48,12 @@ from helpers.evaluate import (  # noqa: E402
     prior_shift_weights,
     write_json,
 )
-from helpers.export import export_report, load_keras_model, representative_sample  # noqa: E402
+from helpers.export import (  # noqa: E402
+    export_report,
+    load_keras_model,
+    representative_sample,
+    save_keras_model,
+)
 from helpers.models import count_params, predictor  # noqa: E402
 from helpers.paths import MODELS_DIR, PROJECT_ROOT  # noqa: E402
 from helpers.pipeline import load_images  # noqa: E402
@@ -185,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     best_path = args.out_dir / "best.keras"
-    best.save(best_path)
+    save_keras_model(best, best_path)
     calibration = representative_sample(train_df, IMG_SIZE, seed=args.seed)
     export = export_report(best_path, val_x, val_y, args.out_dir, calibration)
     single = export_report(tuned, val_x, val_y, args.out_dir / "single_view", calibration)

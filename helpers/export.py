@@ -25,7 +25,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from helpers.evaluate import label_ids
-from helpers.files import atomic_write
+from helpers.files import atomic_folder, atomic_write
 from helpers.models import measure_latency
 from helpers.pipeline import load_images
 
@@ -152,6 +152,14 @@ def _convert(function, quantization: str, calibration: np.ndarray | None) -> byt
         # "Statistics for quantized inputs were expected": not needed, the calibration provides them.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()
+
+
+def save_keras_model(model: keras.Model, path: str | Path) -> Path:
+    """Save ``model`` as a ``.keras`` file atomically: a failed save leaves any previous file untouched."""
+    path = Path(path)
+    with atomic_folder(path) as tmp:
+        model.save(tmp)
+    return path
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
@@ -284,7 +292,7 @@ def export_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     keras_path = out_dir / "model.keras" if isinstance(model, keras.Model) else Path(model)
     if isinstance(model, keras.Model):
-        keras_model.save(keras_path)
+        save_keras_model(keras_model, keras_path)
     reference = keras_predict(keras_model, images)
     rows = [
         _row("keras", keras_path, reference, reference, y, measure_latency(keras_model, runs)["median_ms"])

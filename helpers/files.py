@@ -49,6 +49,27 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """For writers that need a real file name (e.g. Keras' ``model.save``): yields a file path inside a fresh
+    temporary folder beside ``path``; on success that file replaces ``path`` atomically, as in
+    :func:`atomic_write`. On any error the old ``path`` is untouched and the temporary folder is removed."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        yield Path(tmp) / path.name
+        fsync_files(tmp)
+        os.replace(Path(tmp) / path.name, path)
+        fsync_folder(path.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"Could not write {path} ({err.strerror or err}). {_advice(err)}") from err
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def fsync_folder(folder: str | Path) -> None:
     """Flush ``folder``'s entries to disk, so a rename into it survives a power cut (no-op where folders
     cannot be opened or fsynced, e.g. on Windows or some filesystems)."""
@@ -81,7 +102,8 @@ def _advice(err: OSError) -> str:
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete the :func:`atomic_write` temporaries in ``folder`` whose writing process no longer runs.
+    """Delete the temporaries of :func:`atomic_write` and :func:`atomic_folder` in ``folder`` whose writing
+    process no longer runs.
 
     Temporaries of live processes (e.g. a concurrent run filling the same cache) are kept. Returns how
     many files were removed.
@@ -92,7 +114,10 @@ def remove_stale_temporaries(folder: str | Path) -> int:
             match = _TMP_PATTERN.match(entry.name)
             if match and not _process_alive(int(match.group(1))):
                 with contextlib.suppress(OSError):
-                    os.remove(entry.path)
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.remove(entry.path)
                     removed += 1
     return removed
 

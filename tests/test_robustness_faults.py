@@ -31,6 +31,7 @@ from train_utils import CLI_SETTINGS, SETTINGS, run_training, same_weights
 from helpers import files, pipeline
 from helpers.data import load_metadata
 from helpers.evaluate import evaluate_model
+from helpers.export import save_keras_model
 from helpers.plots.common import save_figure
 from helpers.train import MIN_FREE_BYTES, read_backup_state, train
 
@@ -278,6 +279,36 @@ def test_disk_full_at_metrics_write_is_a_clear_error_and_keeps_the_old_file(
         evaluate_model(model_path, synthetic_dir, out_dir=out, cache=False, n_bootstrap=10, verbose=False)
     assert (out / "predictions.csv").read_text() == "old predictions\n"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"], "no temporaries"
+
+
+def test_disk_full_while_saving_a_keras_model_keeps_the_old_file(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    target = tmp_path / "model.keras"
+    save_keras_model(model, target)
+    old = target.read_bytes()
+
+    def half_written_then_full(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(old[: len(old) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(keras.Model, "save", half_written_then_full)
+    with pytest.raises(
+        OSError, match=f"Could not write {re.escape(str(target))} \\(No space left on device\\)"
+    ):
+        save_keras_model(model, target)
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"], "no temporary folder left"
+
+
+def test_temporary_folders_of_killed_writers_are_removed(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = tmp_path / f".model.keras.{int(finished.stdout)}.k1ll3d.tmp"
+    live = tmp_path / f".model.keras.{os.getpid()}.w0rk1n.tmp"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "model.keras").write_bytes(b"PK half a model")
+    assert files.remove_stale_temporaries(tmp_path) == 1
+    assert not dead.exists() and live.exists()
 
 
 def test_disk_full_while_saving_a_figure_keeps_the_old_figure(tmp_path, monkeypatch):
