@@ -190,6 +190,7 @@ def _load_unique(
     """``(images, rows)``: uint8 images of the sorted unique paths, and each input path's row in them."""
     unique, rows = np.unique(np.asarray(paths, dtype=str), return_inverse=True)
     target = cache_file(unique, img_size, cache)
+    budget = cache_budget() if target is not None else None  # a bad DERM_CACHE_MAX_GB fails before decoding
     shape = (len(unique), img_size, img_size, 3)
     images = _read_cache(target, shape) if target is not None else None
     if images is None:
@@ -200,7 +201,7 @@ def _load_unique(
         images = _decode_all(list(unique), img_size, workers, progress)
         if target is not None:
             _write_cache(target, images)
-            prune_cache(target.parent, keep=target)
+            prune_cache(target.parent, budget, keep=target)
     return images, rows.astype(np.int32)
 
 

@@ -229,6 +229,7 @@ def test_reading_a_cache_file_marks_it_recently_used(tiny_df, cache):
 @pytest.mark.parametrize("value", ["lots", "-1", "inf", "nan"])
 def test_bad_cache_budget_names_the_variable(tiny_df, cache, monkeypatch, value):
     monkeypatch.setenv("DERM_CACHE_MAX_GB", value)
+    monkeypatch.setattr(pipeline, "_decode_all", lambda *args: pytest.fail("decoded before the check"))
     with pytest.raises(ValueError, match=r"DERM_CACHE_MAX_GB=.*budget in GiB"):
         load_images(tiny_df["path"], SIZE, cache=cache, progress=False)
 
