@@ -20,7 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
 from helpers.download import DownloadError, download_ham10000
-from helpers.paths import DATA_DIR, PROJECT_ROOT
+from helpers.paths import DATA_DIR, resolve_input
 
 __all__ = [
     "DataError",
@@ -121,9 +121,7 @@ def resolve_data_dir(data_dir: str | Path = "auto", verbose: bool = True) -> Pat
     says which it chose.
     """
     if str(data_dir) != "auto":
-        path = Path(data_dir).expanduser()
-        if not path.is_absolute() and not path.is_dir() and (PROJECT_ROOT / path).is_dir():
-            path = PROJECT_ROOT / path  # relative to the project, as from a notebook in notebooks/
+        path = resolve_input(data_dir)
         if not path.is_dir():
             raise FileNotFoundError(
                 f"data_dir {str(path)!r} does not exist or is not a folder. Point it at the folder holding "
@@ -347,7 +345,7 @@ def load_metadata(
     full `ValidationReport` is in ``df.attrs["validation"]`` (as a dict) and printed when ``verbose``.
     """
     root = resolve_data_dir(data_dir, verbose=verbose)
-    csv_path = Path(metadata_csv) if metadata_csv is not None else find_metadata_csv(root)
+    csv_path = resolve_input(metadata_csv) if metadata_csv is not None else find_metadata_csv(root)
     df = read_metadata_csv(csv_path)
     listed = set(df["image_id"])
     images, duplicate_files, unreadable_folders = index_images(root)

@@ -44,7 +44,7 @@ from sklearn.metrics import (
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX, MELANOMA, NUM_CLASSES
 from helpers.data import load_metadata, split_by_lesion
 from helpers.files import atomic_write
-from helpers.paths import MODELS_DIR, PROJECT_ROOT, VISUALIZATIONS_DIR
+from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR, resolve_input
 
 if TYPE_CHECKING:
     import keras
@@ -642,9 +642,7 @@ def resolve_model_path(model_path: str | Path | None) -> Path:
     working directory, then from the project root (as from a notebook in ``notebooks/``)."""
     if model_path is None:
         return latest_model_path()
-    path = Path(model_path).expanduser()
-    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-        path = PROJECT_ROOT / path
+    path = resolve_input(model_path)
     if not path.is_file():
         raise FileNotFoundError(
             f"model_path {str(model_path)!r} is not a file. Pass the best.keras of a training run "

@@ -289,15 +289,17 @@ def prepare_data(
     seed: int = 42,
     max_images: int | None = None,
     verbose: bool = True,
+    metadata_csv: str | Path | None = None,
 ) -> pd.DataFrame:
     """The metadata of the images to use, with a ``split`` column.
 
-    ``df`` (from :func:`helpers.data.load_metadata`, split or not) is used instead of loading ``data_dir``. A
+    ``df`` (from :func:`helpers.data.load_metadata`, split or not) is used instead of loading ``data_dir``
+    (with ``metadata_csv``, or the CSV found there). A
     missing split is made by :func:`helpers.data.split_by_lesion` with ``seed``; the split is computed on all
     images before ``max_images`` subsets them (:func:`helpers.data.subsample`), so an image keeps its split.
     """
     if df is None:
-        df = load_metadata(data_dir, verbose=verbose)
+        df = load_metadata(data_dir, metadata_csv, verbose=verbose)
     elif not isinstance(df, pd.DataFrame):
         raise ValueError(f"df must be a pandas DataFrame from helpers.data.load_metadata, got {type(df)}.")
     missing = [c for c in ("image_id", "dx", "path") if c not in df.columns]

@@ -15,6 +15,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from helpers import data
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
 from helpers.data import class_weights, load_metadata, read_metadata_csv, split_by_lesion
+from helpers.paths import PROJECT_ROOT, resolve_input, resolve_output
 
 
 def _tiny_dataset(
@@ -196,3 +197,15 @@ def test_subsample_keeps_every_class_and_size(real_metadata):
     assert data.subsample(real_metadata, None) is real_metadata
     with pytest.raises(ValueError, match="positive int"):
         data.subsample(real_metadata, 0)
+
+
+def test_relative_inputs_fall_back_to_the_project_root_outputs_go_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # e.g. a notebook running in notebooks/
+    assert resolve_input("README.md") == PROJECT_ROOT / "README.md"
+    (tmp_path / "README.md").write_text("a local file wins")
+    assert resolve_input("README.md") == Path("README.md")
+    assert resolve_input("missing.csv") == Path("missing.csv"), "kept as given, so the error names it"
+    assert resolve_input(tmp_path / "x") == tmp_path / "x"
+    assert resolve_output("models/run") == PROJECT_ROOT / "models" / "run"
+    assert resolve_output(tmp_path / "out") == tmp_path / "out"
+    assert resolve_output(None) is None
