@@ -4,6 +4,7 @@
 fetches the metadata table and both image archives (resumable ``.part`` files, size and MD5 checks) and
 unpacks them so ``dest`` holds ``HAM10000_metadata.csv``, ``HAM10000_images_part_1/`` and
 ``HAM10000_images_part_2/`` like Kaggle's ``skin-cancer-mnist-ham10000``.
+With ``--include-test`` the ISIC 2018 Task 3 test set goes into its own folder beside ``dest``.
 Command line: ``python -m helpers.download [dest] [--include-test]``.
 """
 
@@ -31,6 +32,7 @@ DOI = "doi:10.7910/DVN/DBW86T"
 DEFAULT_DEST = DATA_DIR / "HAM10000"
 CORE_FILES = ("HAM10000_metadata.tab", "HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip")
 TEST_FILES = ("ISIC2018_Task3_Test_Images.zip", "ISIC2018_Task3_Test_GroundTruth.csv")
+TEST_DIR_NAME = "ISIC2018_Task3_Test"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 WORK_DIR_NAME = ".download"
 _TABLE_SUFFIXES = ("", ".tab", ".csv")
@@ -49,19 +51,34 @@ def download_ham10000(
     timeout: float = 10.0,
     files: Sequence[str] | None = None,
     include_test: bool = False,
+    test_dest: str | Path | None = None,
 ) -> Path:
     """Download and unpack HAM10000 into ``dest`` (Kaggle layout) and return ``dest``.
 
-    ``files`` names record files to fetch (default: metadata + both image archives); ``include_test`` adds the
-    ISIC2018 Task 3 test images (unpacked into ``ISIC2018_Task3_Test_Images/``) and their ground-truth CSV.
-    Finished outputs are skipped without touching the network; interrupted downloads resume. Raises
-    ``DownloadError`` (offline, HTTP error, corrupt file, unsafe zip) with instructions for a manual install.
+    ``files`` names record files to fetch (default: metadata + both image archives). ``include_test`` also
+    fetches the ISIC2018 Task 3 test set into its own folder ``test_dest`` (default: ``ISIC2018_Task3_Test``
+    beside ``dest``): its ground-truth CSV and ``ISIC2018_Task3_Test_Images/``, so ``data_dir=test_dest``
+    with ``split="all"`` evaluates exactly the test images. Finished outputs are skipped without touching the
+    network; interrupted downloads resume. Raises ``DownloadError`` (offline, HTTP error, corrupt file, unsafe
+    zip) with instructions for a manual install.
     """
     dest = Path(dest)
-    names = [*(CORE_FILES if files is None else files), *(TEST_FILES if include_test else ())]
+    _fetch_into(dest, CORE_FILES if files is None else files, base_url, timeout)
+    if include_test:
+        _fetch_into(isic_test_folder(dest, test_dest), TEST_FILES, base_url, timeout)
+    return dest
+
+
+def isic_test_folder(dest: str | Path, test_dest: str | Path | None = None) -> Path:
+    """Where ``include_test`` puts the ISIC2018 Task 3 test set: ``test_dest``, else beside ``dest``."""
+    return Path(test_dest) if test_dest is not None else Path(dest).parent / TEST_DIR_NAME
+
+
+def _fetch_into(dest: Path, names: Sequence[str], base_url: str, timeout: float) -> None:
+    """Fetch and install the record files ``names`` into ``dest`` (those not already there)."""
     pending = [name for name in names if not (dest / _output_name(name)).exists()]
     if not pending:
-        return dest
+        return
     work = dest / WORK_DIR_NAME
     try:
         record = _fetch_record(base_url, timeout)
@@ -76,7 +93,6 @@ def download_ham10000(
     except (OSError, http.client.HTTPException) as exc:
         message = f"Download failed: {exc!r}. Re-run to resume: partial files are kept in {work}."
         raise DownloadError(message + _manual_steps(dest)) from None
-    return dest
 
 
 def _manual_steps(dest: Path) -> str:
@@ -246,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m helpers.download [dest] [--include-test]``."""
     parser = argparse.ArgumentParser(prog="python -m helpers.download", description=__doc__.splitlines()[0])
     parser.add_argument("dest", nargs="?", type=Path, default=DEFAULT_DEST, help=f"default: {DEFAULT_DEST}")
-    parser.add_argument("--include-test", action="store_true", help="also fetch the ISIC2018 Task 3 test set")
+    parser.add_argument(
+        "--include-test",
+        action="store_true",
+        help=f"also fetch the ISIC2018 Task 3 test set (into {TEST_DIR_NAME}/ beside dest)",
+    )
     parser.add_argument("--base-url", default=DATAVERSE_URL, help="Dataverse installation")
     parser.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds")
     args = parser.parse_args(argv)
@@ -258,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"HAM10000 is ready in {dest}")
+    if args.include_test:
+        print(
+            f"The ISIC 2018 Task 3 test set is ready in {isic_test_folder(dest)}; "
+            "evaluate it with split='all'."
+        )
     return 0
 
 

@@ -713,6 +713,21 @@ def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, b
     return split_df, matches
 
 
+def _warn_if_training_data(df: pd.DataFrame, manifest: Mapping) -> None:
+    """For ``split="all"``: warn when ``df`` is the very data the run was trained (and selected) on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _, same = training_split(df, manifest)
+    if same:
+        warnings.warn(
+            "split='all' evaluates every image of the data this model was trained on, its train and val "
+            "images included, so the scores are not an unbiased test. Use split='test' for its held-out "
+            "images, or point data_dir at an external set (e.g. the ISIC 2018 test set from "
+            "python -m helpers.download --include-test).",
+            stacklevel=3,
+        )
+
+
 def select_split(df: pd.DataFrame, split: str, max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
     """The rows of ``split`` (every row for ``"all"``), at most ``max_images`` (stratified by class)."""
     from helpers.data import subsample
@@ -814,7 +829,9 @@ def evaluate_model(
     manifest = read_manifest(path)
     df = load_metadata(data_dir, metadata_csv, verbose=verbose)
     source = df.attrs.get("validation", {}).get("image_root")
-    df, matches = training_split(df, manifest) if split != "all" else (df, None)
+    df, matches = (
+        training_split(df, manifest) if split != "all" else (df, _warn_if_training_data(df, manifest))
+    )
     options = {
         "max_images": max_images,
         "seed": manifest.get("seed", DEFAULT_SPLIT_SEED),

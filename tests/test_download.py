@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
+from helpers.data import load_metadata
 from helpers.download import WORK_DIR_NAME, DownloadError, download_ham10000, main
 
 PART_IDS = {"HAM10000_images_part_1.zip": 101, "HAM10000_images_part_2.zip": 102}
@@ -286,9 +287,13 @@ def test_cli_include_test_fetches_isic2018_test_set(fake, tmp_path, capsys):
     fake.add_table(
         201, "ISIC2018_Task3_Test_GroundTruth.tab", truth.encode(), truth.replace(",", "\t").encode()
     )
-    dest = tmp_path / "HAM10000"
+    dest, test_dest = tmp_path / "HAM10000", tmp_path / "ISIC2018_Task3_Test"
     assert main([str(dest), "--base-url", fake.url, "--include-test"]) == 0
-    assert f"ready in {dest}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"ready in {dest}" in out and f"test set is ready in {test_dest}" in out
     _assert_kaggle_layout(dest)
-    assert _listing(dest / "ISIC2018_Task3_Test_Images") == test_images
-    assert (dest / "ISIC2018_Task3_Test_GroundTruth.csv").read_text() == truth
+    assert not list(dest.glob("ISIC2018*")), "the test set is kept apart from the training data"
+    assert _listing(test_dest / "ISIC2018_Task3_Test_Images") == test_images
+    assert (test_dest / "ISIC2018_Task3_Test_GroundTruth.csv").read_text() == truth
+    test_df = load_metadata(test_dest, verbose=False)  # the folder evaluate_model(split="all") reads
+    assert test_df[["image_id", "dx"]].values.tolist() == [["ISIC_0034524", "nv"]]

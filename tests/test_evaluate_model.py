@@ -132,7 +132,9 @@ def test_tta_averages_flips(run_dir: Path, synthetic_dir: Path, tmp_path: Path):
     assert result.metrics["temperature"] is None  # not fitted on the split being evaluated
 
 
-def test_split_all_on_isic_onehot_ground_truth(run_dir: Path, metadata: pd.DataFrame, tmp_path: Path):
+def test_split_all_on_isic_onehot_ground_truth(
+    run_dir: Path, metadata: pd.DataFrame, tmp_path: Path, recwarn
+):
     """An external test set in the ISIC 2018 layout (one-hot CSV, no split): every image is evaluated."""
     picked = metadata.groupby("dx").head(2)
     folder = tmp_path / "isic2018_test"
@@ -152,6 +154,18 @@ def test_split_all_on_isic_onehot_ground_truth(run_dir: Path, metadata: pd.DataF
         zip(picked["image_id"], picked["dx"], strict=True)
     )
     assert result.metrics["split"] == "all" and result.metrics["split_matches_training"] is None
+    assert not [w for w in recwarn if "trained on" in str(w.message)], "an external set is not warned about"
+
+
+def test_split_all_on_the_training_data_warns(run_dir: Path, synthetic_dir: Path, tmp_path: Path):
+    with pytest.warns(
+        UserWarning, match=r"split='all' evaluates every image of the data this model was trained"
+    ):
+        result = ev.evaluate_model(
+            run_dir / "best.keras", synthetic_dir, split="all", max_images=14, out_dir=tmp_path, cache=False,
+            verbose=False,
+        )  # fmt: skip
+    assert result.metrics["n_images"] == 14
 
 
 def test_max_images_caps_stratified(test_result, metadata: pd.DataFrame):
