@@ -830,7 +830,7 @@ def train(
     recipe = resolve_recipe(recipe)
     if run_dir is not None:
         run_dir = Path(run_dir).expanduser().resolve()
-        _ensure_writable(run_dir)
+    _ensure_writable(MODELS_DIR if run_dir is None else run_dir)  # before any data is read
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 

@@ -381,6 +381,14 @@ def test_run_dir_under_a_regular_file_is_refused_before_loading_data(tmp_path):
         train(tmp_path / "no-such-data", run_dir=blocker / "run", epochs=1, **SETTINGS)
 
 
+def test_unwritable_models_folder_is_refused_before_loading_data(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr("helpers.train.MODELS_DIR", blocker / "models")  # run_dir=None goes there
+    with pytest.raises(PermissionError, match=f"'{blocker / 'models'}' cannot be written"):
+        train(tmp_path / "no-such-data", run_dir=None, epochs=1, **SETTINGS)
+
+
 def test_read_only_run_dir_is_refused_before_loading_data(open_tmp_path):
     run_dir = open_tmp_path / "run"
     run_dir.mkdir()
