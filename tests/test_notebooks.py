@@ -77,6 +77,11 @@ def test_notebook_runs_headless(name: str):
     text = _outputs_text(output)
     for expected in EXPECTED_TEXT.get(name, []):
         assert expected in text, f"{name}: expected output {expected!r} not found"
+    for cell in json.loads(output.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "plot_" in source and "import" not in source:
+            shown = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert shown, f"{name}: this figure cell shows no image:\n{source[:300]}"
 
 
 @pytest.mark.slow

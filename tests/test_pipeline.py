@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -333,6 +334,7 @@ def test_time_cache_first_pass_decodes_second_reads(tiny_df, monkeypatch):
 
 
 def test_pipeline_figures_are_drawn_and_saved(tiny_df, cache, tmp_path):
+    open_before = plt.get_fignums()
     images, labels = next(
         iter(make_dataset(tiny_df, SIZE, BATCH, training=False, cache=cache, progress=False))
     )
@@ -345,6 +347,7 @@ def test_pipeline_figures_are_drawn_and_saved(tiny_df, cache, tmp_path):
     pipeline_plots.plot_cache_timing(2.0, 0.1, 24, save_path=tmp_path / "cache.png")
     pipeline_plots.plot_throughput({"train": 3000.0, "val": 9000.0}, save_path=tmp_path / "tp.png")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("batch.png", "g.png", "cache.png", "tp.png"))
+    assert plt.get_fignums() == open_before, "figures are not left open in pyplot"
 
 
 # ------------------------------------------------------------------------------------------ bad input

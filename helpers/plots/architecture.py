@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from helpers.plots.common import save_figure
+from helpers.plots.common import save_figure, subplots
 
 TYPE_COLORS = {
     "Conv2D": "#1f77b4",
@@ -24,7 +24,7 @@ def plot_conv_cost(table: pd.DataFrame, save_path: str | Path | None = None) -> 
 
     ``table`` comes from ``helpers.models.conv_cost_table``.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     pos = np.arange(len(table))
     for ax, what in zip(axes, ("params", "macs"), strict=True):
         ax.bar(pos - 0.2, table[f"standard_{what}"], 0.4, label="standard 3x3 conv", color="#1f77b4")
@@ -49,7 +49,7 @@ def plot_macs_per_layer(tables: dict[str, pd.DataFrame], save_path: str | Path |
     """Horizontal bars of MACs per weighted layer for each model (``layer_table`` outputs), shared x-axis."""
     shown = {name: t[t["macs"] > 0] for name, t in tables.items()}
     heights = [max(len(t), 1) for t in shown.values()]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         len(shown),
         1,
         figsize=(10, 0.22 * sum(heights) + 1.5 * len(shown)),
@@ -66,7 +66,7 @@ def plot_macs_per_layer(tables: dict[str, pd.DataFrame], save_path: str | Path |
         ax.set_title(f"{name}: {t['macs'].sum() / 1e6:.1f} M MACs in total")
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("million multiply-accumulates per image")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in TYPE_COLORS.values()]
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in TYPE_COLORS.values()]
     axes[0, 0].legend(handles, list(TYPE_COLORS), fontsize=8, loc="lower right")
     fig.tight_layout()
     save_figure(fig, save_path)
@@ -75,7 +75,7 @@ def plot_macs_per_layer(tables: dict[str, pd.DataFrame], save_path: str | Path |
 
 def plot_latency(latencies_ms: dict[str, float], save_path: str | Path | None = None) -> Figure:
     """Bar chart of single-image latency (ms) per model or block, annotated with the values."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     names = list(latencies_ms)
     values = [latencies_ms[n] for n in names]
     bars = ax.bar(names, values, color=["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"][: len(names)])

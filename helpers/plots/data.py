@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -12,13 +11,13 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
 from helpers.classes import CLASS_NAMES
-from helpers.plots.common import save_figure
+from helpers.plots.common import save_figure, subplots
 
 
 def plot_class_distribution(df: pd.DataFrame, save_path: str | Path | None = None) -> Figure:
     """Bar chart of images per class, annotated with counts and shares."""
     counts = df["dx"].value_counts().reindex(list(CLASS_NAMES), fill_value=0)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = subplots(figsize=(8, 3.8))
     bars = ax.bar(counts.index, counts.to_numpy(), color=sns.color_palette("deep", len(counts)))
     for bar, n in zip(bars, counts.to_numpy(), strict=True):
         ax.annotate(
@@ -36,7 +35,7 @@ def plot_class_distribution(df: pd.DataFrame, save_path: str | Path | None = Non
 def plot_images_per_lesion(df: pd.DataFrame, save_path: str | Path | None = None) -> Figure:
     """How many images each lesion has, overall and by class."""
     per_lesion = df.groupby("lesion_id").agg(dx=("dx", "first"), n=("image_id", "size"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = subplots(1, 2, figsize=(10, 3.5))
     per_lesion["n"].value_counts().sort_index().plot.bar(ax=axes[0], color="tab:blue")
     axes[0].set(xlabel="images of the lesion", ylabel="lesions", title="Images per lesion")
     means = per_lesion.groupby("dx")["n"].mean().reindex(list(CLASS_NAMES))
@@ -50,7 +49,7 @@ def plot_images_per_lesion(df: pd.DataFrame, save_path: str | Path | None = None
 def plot_demographics(df: pd.DataFrame, save_path: str | Path | None = None) -> Figure:
     """Age, sex, localization and diagnosis type (dx_type) by class, for the columns present."""
     panels = [c for c in ("age", "sex", "localization", "dx_type") if c in df.columns]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 4), squeeze=False)
+    fig, axes = subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 4), squeeze=False)
     order = [c for c in CLASS_NAMES if c in set(df["dx"])]
     for ax, column in zip(axes[0], panels, strict=False):
         if column == "age":
@@ -74,7 +73,7 @@ def plot_sample_grid(
 ) -> Figure:
     """A few images of every class, one row per class."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(CLASS_NAMES), per_class, figsize=(2.2 * per_class, 1.7 * len(CLASS_NAMES)))
+    fig, axes = subplots(len(CLASS_NAMES), per_class, figsize=(2.2 * per_class, 1.7 * len(CLASS_NAMES)))
     for row, dx in enumerate(CLASS_NAMES):
         paths = df.loc[df["dx"] == dx, "path"].to_numpy()
         chosen = rng.choice(paths, size=min(per_class, len(paths)), replace=False) if len(paths) else []
@@ -97,7 +96,7 @@ def plot_split_shares(df: pd.DataFrame, save_path: str | Path | None = None) -> 
     """Each class's share of every split, side by side: a lesion-aware split keeps them level."""
     shares = pd.crosstab(df["dx"], df["split"], normalize="columns").reindex(list(CLASS_NAMES), fill_value=0)
     shares = shares[[s for s in ("train", "val", "test") if s in shares.columns]]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = subplots(figsize=(8, 3.5))
     (100 * shares).plot.bar(ax=ax, width=0.8)
     ax.set(ylabel="% of split", xlabel="", title="Class shares per split")
     save_figure(fig, save_path)

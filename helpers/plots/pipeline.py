@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
 from helpers.classes import CLASS_NAMES
-from helpers.plots.common import save_figure
+from helpers.plots.common import save_figure, subplots
 
 
 def _as_uint8(images: np.ndarray) -> np.ndarray:
@@ -30,7 +29,7 @@ def plot_batch(
     images, labels = _as_uint8(images)[:max_images], np.asarray(labels)[:max_images]
     ncols = min(ncols, len(images))
     nrows = -(-len(images) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels, strict=False):
@@ -61,7 +60,7 @@ def plot_augmentation_grid(
     panels = [_as_uint8(image), *augmented]
     ncols = min(ncols, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 1.9 * nrows), squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(1.8 * ncols, 1.9 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, panel) in enumerate(zip(axes.flat, panels, strict=False)):
@@ -76,7 +75,7 @@ def plot_cache_timing(
     first_s: float, second_s: float, n_images: int, save_path: str | Path | None = None
 ) -> Figure:
     """Bar chart: seconds to get ``n_images`` ready by decoding (first pass) vs. from the cache (second)."""
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = subplots(figsize=(6, 2.6))
     seconds = [first_s, second_s]
     bars = ax.barh(
         ["first pass\n(decode + resize)", "second pass\n(.npy cache)"], seconds, color=["C1", "C2"]
@@ -98,7 +97,7 @@ def plot_cache_timing(
 def plot_throughput(images_per_s: Mapping[str, float], save_path: str | Path | None = None) -> Figure:
     """Horizontal bars of images per second for each named pipeline (or model) configuration."""
     names, values = list(images_per_s), list(images_per_s.values())
-    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(names) + 1.2))
+    fig, ax = subplots(figsize=(6.5, 0.6 * len(names) + 1.2))
     bars = ax.barh(names, values, color=[f"C{i}" for i in range(len(names))])
     for bar, v in zip(bars, values, strict=True):
         ax.annotate(
