@@ -543,7 +543,14 @@ def class_weights(labels: pd.Series | np.ndarray) -> dict[int, float]:
     ``labels`` are class codes (``dx``) or ids; classes absent from ``labels`` get weight 1.0.
     """
     labels = pd.Series(labels)
+    if labels.empty:
+        raise ValueError("class_weights needs the training labels, got none: the train split is empty.")
     ids = labels.map(CLASS_TO_INDEX) if labels.dtype == object or isinstance(labels.iloc[0], str) else labels
+    unknown = sorted(
+        {str(v) for v, i in zip(labels, ids, strict=True) if pd.isna(i) or i not in range(len(CLASS_NAMES))}
+    )
+    if unknown:
+        raise ValueError(f"Unknown class label(s) {unknown}; expected codes {list(CLASS_NAMES)} or ids 0..6.")
     ids = ids.astype(int).to_numpy()
     present = np.unique(ids)
     absent = [CLASS_NAMES[i] for i in range(len(CLASS_NAMES)) if i not in present]

@@ -19,6 +19,7 @@ import sys
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -231,7 +232,7 @@ def _unpack(archive: Path, output: Path) -> None:
             for info in tqdm(members, desc=f"unpack {archive.name}", unit="file"):
                 with zf.open(info) as src, (staging / PurePosixPath(info.filename).name).open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:  # damaged or exotic zip
         shutil.rmtree(staging, ignore_errors=True)
         archive.unlink()
         raise DownloadError(

@@ -51,7 +51,9 @@ def load_keras_model(model_or_path: keras.Model | str | Path) -> keras.Model:
         raise ValueError(f"Cannot load Keras model {path}: {err}. Re-save or re-train it.") from err
 
 
-def load_interpreter(path_or_interpreter: str | Path | tf.lite.Interpreter, num_threads: int | None = None):
+def load_interpreter(
+    path_or_interpreter: str | Path | tf.lite.Interpreter, num_threads: int | None = None
+) -> tf.lite.Interpreter:
     """A ready TFLite interpreter for a ``.tflite`` file; an interpreter is passed through."""
     if not isinstance(path_or_interpreter, (str, os.PathLike)):
         return path_or_interpreter

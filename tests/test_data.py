@@ -209,3 +209,15 @@ def test_relative_inputs_fall_back_to_the_project_root_outputs_go_there(tmp_path
     assert resolve_output("models/run") == PROJECT_ROOT / "models" / "run"
     assert resolve_output(tmp_path / "out") == tmp_path / "out"
     assert resolve_output(None) is None
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([], "got none: the train split is empty"),
+        (["nv", "melanoma", "mel"], r"Unknown class label\(s\) \['melanoma'\]"),
+    ],
+)
+def test_class_weights_refuse_empty_or_unknown_labels(labels, message):
+    with pytest.raises(ValueError, match=message):
+        class_weights(pd.Series(labels, dtype=object))

@@ -297,3 +297,16 @@ def test_cli_include_test_fetches_isic2018_test_set(fake, tmp_path, capsys):
     assert (test_dest / "ISIC2018_Task3_Test_GroundTruth.csv").read_text() == truth
     test_df = load_metadata(test_dest, verbose=False)  # the folder evaluate_model(split="all") reads
     assert test_df[["image_id", "dx"]].values.tolist() == [["ISIC_0034524", "nv"]]
+
+
+def test_damaged_compressed_data_in_a_zip_is_reported_and_deleted(fake, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ISIC_0000000.jpg", bytes(range(256)) * 64)
+    damaged = bytearray(buffer.getvalue())
+    start = 30 + len("ISIC_0000000.jpg")  # the deflate stream right after the local file header
+    damaged[start : start + 8] = b"\xff" * 8  # the record's size and MD5 match: the archive itself is bad
+    fake.add(101, "HAM10000_images_part_1.zip", bytes(damaged))
+    with pytest.raises(DownloadError, match=r"HAM10000_images_part_1.zip is not a valid zip \(Error -3"):
+        download_ham10000(tmp_path, base_url=fake.url, timeout=5, files=["HAM10000_images_part_1.zip"])
+    assert not list((tmp_path / WORK_DIR_NAME).iterdir()), "the bad archive and its staging folder are gone"
