@@ -216,7 +216,7 @@ RECIPES: dict[str, Recipe] = {
     "tuned": Recipe(schedule="cosine", weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5),
 }
 """Named recipes (``train(recipe="tuned")``): "tuned" is what ``benchmarks/dermamnist.py`` measured best on
-DermaMNIST's validation split; use it with more epochs (30+) and a higher ``learning_rate`` (2e-3). Weight
+DermaMNIST's validation split; use it with more epochs (45) and a higher ``learning_rate`` (2e-3). Weight
 averaging (``ema``) is left out: the benchmark measured it and it did not help there."""
 
 
