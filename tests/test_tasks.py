@@ -15,11 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
     ("arguments", "message"),
     [
         (["--onyl", "01"], "unrecognized arguments: --onyl 01"),
-        (["--only", "01", "-p", "dat_dir", "x"], "no notebook run here takes the parameter(s) dat_dir"),
-        (
-            ["--only", "05", "-p", "recipe", "tuned"],
-            "takes the parameter(s) recipe",
-        ),  # a parameter of 04 only
+        (  # a typo, and a parameter that only notebook 04 takes
+            ["--only", "05", "-p", "dat_dir", "x", "-p", "recipe", "tuned"],
+            "no notebook run here takes the parameter(s) dat_dir, recipe",
+        ),
         (["--only", "09"], "no notebook matches --only 09"),
     ],
 )
