@@ -550,7 +550,10 @@ def class_weights(labels: pd.Series | np.ndarray) -> dict[int, float]:
         {str(v) for v, i in zip(labels, ids, strict=True) if pd.isna(i) or i not in range(len(CLASS_NAMES))}
     )
     if unknown:
-        raise ValueError(f"Unknown class label(s) {unknown}; expected codes {list(CLASS_NAMES)} or ids 0..6.")
+        raise ValueError(
+            f"Unknown class label(s) {unknown}; expected codes {list(CLASS_NAMES)} "
+            f"or ids 0..{len(CLASS_NAMES) - 1}."
+        )
     ids = ids.astype(int).to_numpy()
     present = np.unique(ids)
     absent = [CLASS_NAMES[i] for i in range(len(CLASS_NAMES)) if i not in present]

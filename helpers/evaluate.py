@@ -829,9 +829,11 @@ def evaluate_model(
     manifest = read_manifest(path)
     df = load_metadata(data_dir, metadata_csv, verbose=verbose)
     source = df.attrs.get("validation", {}).get("image_root")
-    df, matches = (
-        training_split(df, manifest) if split != "all" else (df, _warn_if_training_data(df, manifest))
-    )
+    if split == "all":
+        _warn_if_training_data(df, manifest)
+        matches = None
+    else:
+        df, matches = training_split(df, manifest)
     options = {
         "max_images": max_images,
         "seed": manifest.get("seed", DEFAULT_SPLIT_SEED),
