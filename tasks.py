@@ -113,12 +113,18 @@ def main_job(args: argparse.Namespace) -> int:
     return 0
 
 
+PARALLEL = ["--numprocesses", "auto", "--maxprocesses", "4", "--dist", "loadfile"]
+"""pytest-xdist: one worker per CPU (at most 4), each test file kept whole on one worker, in order (a file's
+tests share its fixtures, and notebook 05's test evaluates the run notebook 04's test trained). ``-n 0`` in
+the pytest arguments runs everything in one process."""
+
+
 def test_job(pytest_args: list[str]) -> int:
-    """Unit tests (tests/test_notebooks.py executes every notebook with small parameters into
+    """Unit tests in parallel (tests/test_notebooks.py executes every notebook with small parameters into
     build/ci-notebooks/), then nbval re-executes those copies and checks the cells marked to reproduce."""
     import pytest
 
-    code = pytest.main(["tests", *pytest_args])
+    code = pytest.main(["tests", *PARALLEL, *pytest_args])
     if code != 0:
         return int(code)
     executed = sorted((BUILD / "ci-notebooks").glob("*.ipynb"))

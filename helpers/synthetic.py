@@ -8,8 +8,10 @@ tone, and each lesion is photographed several times (shifted, rotated, re-lit), 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +78,14 @@ def make_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES
         for part in (1, 2):
             (work / f"HAM10000_images_part_{part}").mkdir(parents=True)
         lesion_params: dict[str, dict] = {}
+        jobs = []
         for i, row in enumerate(rows):
             params = lesion_params.setdefault(row["lesion_id"], _lesion_params(row["dx"], rng))
             part = 1 if i < len(rows) // 2 else 2
-            image = draw_lesion(row["dx"], params, rng)
-            image.save(work / f"HAM10000_images_part_{part}" / f"{row['image_id']}.jpg", quality=90)
+            path = work / f"HAM10000_images_part_{part}" / f"{row['image_id']}.jpg"
+            jobs.append((row["dx"], params, int(rng.integers(2**63)), path))
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy and PIL release the GIL
+            list(pool.map(lambda job: _write_image(*job), jobs))
         pd.DataFrame(rows).to_csv(work / "HAM10000_metadata.csv", index=False)
         (work / _STAMP).write_text(json.dumps({"n_images": n_images, "seed": seed}))
         if out_dir.exists():
@@ -97,6 +102,10 @@ def ensure_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAG
         return out_dir
     print(f"Generating the synthetic dataset ({n_images} images) in {out_dir} ...")
     return make_synthetic_dataset(out_dir, n_images=n_images, seed=seed)
+
+
+def _write_image(dx: str, params: dict, seed: int, path: Path) -> None:
+    draw_lesion(dx, params, np.random.default_rng(seed)).save(path, quality=90)
 
 
 def _metadata_rows(counts: dict[str, int], rng: np.random.Generator) -> list[dict]:
@@ -146,7 +155,7 @@ def _lesion_params(dx: str, rng: np.random.Generator) -> dict:
 def draw_lesion(dx: str, params: dict, rng: np.random.Generator) -> Image.Image:
     """One photograph of a lesion: skin, the lesion blob with its class's structures, vignette, noise."""
     w, h = _DRAW_SIZE
-    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # float32 halves the work; 8-bit output needs no more
     cx, cy = w / 2 + rng.normal(0, w * 0.05), h / 2 + rng.normal(0, h * 0.05)
     angle = rng.uniform(0, 2 * np.pi)
     radius = params["radius"] * h * rng.uniform(0.92, 1.08)
@@ -162,15 +171,15 @@ def draw_lesion(dx: str, params: dict, rng: np.random.Generator) -> Image.Image:
 
     lesion_rng = np.random.default_rng(params["seed"])
     texture = _smooth_noise(lesion_rng, h, w, scale=8) * params["texture"]
-    colour = params["base"] * (1 + texture[..., None])
+    colour = params["base"].astype(np.float32) * (1 + texture[..., None])
     colour = _class_structures(dx, colour, rho / radius, theta, lesion_rng)
-    skin = params["skin"] * (1 + 0.04 * _smooth_noise(rng, h, w, scale=20)[..., None])
+    skin = params["skin"].astype(np.float32) * (1 + 0.04 * _smooth_noise(rng, h, w, scale=20)[..., None])
     img = skin * (1 - inside) + colour * inside
     img = _overlay_drawings(dx, img, (cx, cy), radius, angle, lesion_rng)
     vignette = (
         1 - 0.45 * np.clip(np.hypot(xx - w / 2, yy - h / 2) / (0.62 * w) - 0.55, 0, 1)[..., None] ** 1.5
     )
-    img = img * vignette * rng.uniform(0.9, 1.1) + rng.normal(0, 4, size=img.shape)
+    img = img * vignette * rng.uniform(0.9, 1.1) + 4 * rng.standard_normal(img.shape, dtype=np.float32)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
     return out.resize(IMAGE_SIZE, Image.BILINEAR)
 
@@ -178,7 +187,7 @@ def draw_lesion(dx: str, params: dict, rng: np.random.Generator) -> Image.Image:
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
     small = rng.normal(0, 1, size=(max(2, h // scale), max(2, w // scale))).astype(np.float32)
     img = Image.fromarray(small, mode="F").resize((w, h), Image.BICUBIC)
-    return np.asarray(img, dtype=float)
+    return np.asarray(img, dtype=np.float32)
 
 
 def _class_structures(dx: str, colour: np.ndarray, r: np.ndarray, theta: np.ndarray, rng) -> np.ndarray:
