@@ -1,0 +1,128 @@
+"""Classifier re-training: the refitted last layer is exactly the logistic regression, weights steer it to the
+rare classes, the network itself is untouched, and bad input is refused by name."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from helpers.classes import CLASS_NAMES
+from helpers.classifier import feature_model, fit_classifier, retrain_classifier, view_features
+from helpers.evaluate import selection_score
+from helpers.models import count_params, predictor
+
+SIZE = 8
+COLOURS = np.random.default_rng(0).uniform(40, 215, (len(CLASS_NAMES), 3))
+
+
+def _images(counts: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class ``counts[c]`` noisy images of class ``c``'s colour (so mean colour separates the classes)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    images = COLOURS[labels][:, None, None, :] + rng.normal(0, 25, (len(labels), SIZE, SIZE, 3))
+    return np.clip(images, 0, 255).astype(np.float32), labels
+
+
+def _colour_model() -> keras.Model:
+    """Features: mean colour and a few random channels; an untrained softmax head."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(6, 1, activation="relu")(x)
+    x = keras.layers.Concatenate()([keras.layers.Rescaling(1 / 255)(inputs), x])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="colour_model")
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    train_x, train_y = _images([20, 20, 20, 6, 20, 120, 6], seed=1)
+    val_x, val_y = _images([10] * len(CLASS_NAMES), seed=2)
+    return {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
+
+
+def test_refitted_layer_is_the_logistic_regression_on_raw_features(data):
+    model = _colour_model()
+    before = [w.copy() for w in model.get_weights()]
+    features = view_features(feature_model(model), data["train_x"], views=2)
+    assert features.shape == (2, len(data["train_y"]), 9)
+    refit = retrain_classifier(model, features, data["train_y"], class_weight_power=0.0, inverse_l2=0.5)
+
+    flat = features.reshape(-1, 9)
+    mean, scale = flat.mean(0), flat.std(0) + 1e-6
+    reference = LogisticRegression(C=0.5, max_iter=2000).fit(
+        (flat - mean) / scale, np.tile(data["train_y"], 2)
+    )
+    val_features = feature_model(model).predict(data["val_x"], verbose=0)
+    expected = reference.predict_proba((val_features - mean) / scale)
+    np.testing.assert_allclose(refit.predict(data["val_x"], verbose=0), expected, atol=1e-4)
+
+    assert count_params(refit) == count_params(model) and refit.name == model.name
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before, strict=True)), (
+        "input untouched"
+    )
+    assert (refit.predict(data["val_x"], verbose=0).argmax(1) == data["val_y"]).mean() > 0.9
+
+
+def test_class_weights_raise_sensitivity_of_the_rare_classes(data):
+    model = _colour_model()
+    train_x, train_y = _images([2, 2, 2, 2, 2, 200, 2], seed=3)  # nearly all nv, colours overlap a little
+    features = view_features(feature_model(model), train_x, views=1)
+    rare = data["val_y"] != CLASS_NAMES.index("nv")
+
+    def rare_sensitivity(power: float) -> float:
+        refit = retrain_classifier(model, features, train_y, class_weight_power=power, inverse_l2=0.01)
+        pred = refit.predict(data["val_x"], verbose=0).argmax(1)
+        return float((pred[rare] == data["val_y"][rare]).mean())
+
+    assert rare_sensitivity(1.0) > rare_sensitivity(0.0) + 0.1
+
+
+def test_fit_classifier_picks_the_power_with_the_best_validation_score(data):
+    model = _colour_model()
+    args = (data["train_x"], data["train_y"], data["val_x"], data["val_y"])
+    refit, power = fit_classifier(model, *args, powers=(0.0, 1.0), views=2)
+    assert power in (0.0, 1.0)
+    features = view_features(feature_model(model), data["train_x"], views=2)
+    scores = {
+        p: selection_score(
+            data["val_y"],
+            predictor(retrain_classifier(model, features, data["train_y"], p), 2).predict(
+                data["val_x"], verbose=0
+            ),
+        )
+        for p in (0.0, 1.0)
+    }
+    assert scores[power] == max(scores.values())
+    chosen = retrain_classifier(model, features, data["train_y"], power)
+    assert all(np.allclose(a, b) for a, b in zip(refit.get_weights(), chosen.get_weights(), strict=True))
+
+
+def test_selection_score_is_the_mean_of_accuracy_balanced_accuracy_and_macro_f1():
+    probs = np.eye(len(CLASS_NAMES))[[0, 1, 1]]  # true 0, 0, 1: one image of class 0 missed
+    # accuracy 2/3; balanced (0.5 + 1) / 2; macro-F1 (2/3 + 2/3) / 7 classes
+    expected = (2 / 3 + 0.75 + (4 / 3) / 7) / 3
+    assert selection_score([0, 0, 1], probs) == pytest.approx(expected)
+
+
+def test_a_class_without_training_images_is_named(data):
+    model = _colour_model()
+    keep = data["train_y"] != CLASS_NAMES.index("df")
+    features = view_features(feature_model(model), data["train_x"][keep], views=1)
+    with pytest.raises(ValueError, match="no training images of df; every class needs at least one"):
+        retrain_classifier(model, features, data["train_y"][keep])
+
+
+def test_features_that_do_not_match_the_labels_are_refused(data):
+    model = _colour_model()
+    features = view_features(feature_model(model), data["train_x"], views=1)
+    with pytest.raises(ValueError, match=r"train_features must have shape \(views, 10, d\) for 10 labels"):
+        retrain_classifier(model, features, data["train_y"][:10])
+
+
+def test_a_predictor_wrapper_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="is not a softmax Dense classifier.*unwrap_predictor"):
+        feature_model(predictor(_colour_model(), 2))
