@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
 from helpers.evaluate import label_ids, selection_score
-from helpers.models import _check_views, _dihedral_view
+from helpers.models import check_views, dihedral_view
 
 CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
 """Strengths tried by :func:`fit_classifier`: balanced class weights raised to this power (on DermaMNIST
@@ -43,11 +43,11 @@ def view_features(
     features: keras.Model, images: np.ndarray, views: int = 8, batch_size: int = 256
 ) -> np.ndarray:
     """Features of the first ``views`` dihedral views of ``images``: shape ``(views, n, d)``."""
-    views = _check_views(views)
+    views = check_views(views)
     x = np.asarray(images, dtype=np.float32)
     return np.stack(
         [
-            features.predict(np.asarray(_dihedral_view(x, v)), batch_size=batch_size, verbose=0)
+            features.predict(np.asarray(dihedral_view(x, v)), batch_size=batch_size, verbose=0)
             for v in range(views)
         ]
     )

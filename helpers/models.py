@@ -158,7 +158,7 @@ class Dihedral(keras.layers.Layer):
         self.view = int(view)
 
     def call(self, x):
-        return _dihedral_view(x, self.view)
+        return dihedral_view(x, self.view)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "view": self.view}
@@ -171,10 +171,10 @@ class DihedralViews(keras.layers.Layer):
 
     def __init__(self, views: int, **kwargs):
         super().__init__(**kwargs)
-        self.views = _check_views(views)
+        self.views = check_views(views)
 
     def call(self, x):
-        return keras.ops.concatenate([_dihedral_view(x, v) for v in range(self.views)], axis=0)
+        return keras.ops.concatenate([dihedral_view(x, v) for v in range(self.views)], axis=0)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "views": self.views}
@@ -186,7 +186,7 @@ class ViewMean(keras.layers.Layer):
 
     def __init__(self, views: int, **kwargs):
         super().__init__(**kwargs)
-        self.views = _check_views(views)
+        self.views = check_views(views)
 
     def call(self, x):
         stacked = keras.ops.reshape(x, (self.views, -1, keras.ops.shape(x)[-1]))
@@ -196,7 +196,9 @@ class ViewMean(keras.layers.Layer):
         return {**super().get_config(), "views": self.views}
 
 
-def _dihedral_view(x, view: int):
+def dihedral_view(x, view: int):
+    """View ``view`` (0..7) of a ``(B, H, W, C)`` batch of square images: bit 4 transposes, bit 2 flips
+    left-right, bit 1 flips up-down (0 is the identity)."""
     if view & 4:
         x = keras.ops.transpose(x, (0, 2, 1, 3))
     if view & 2:
@@ -206,7 +208,8 @@ def _dihedral_view(x, view: int):
     return x
 
 
-def _check_views(views: int) -> int:
+def check_views(views: int) -> int:
+    """``views`` as an int, refused unless it is 1..8 (the number of dihedral views to use)."""
     if isinstance(views, bool) or not isinstance(views, int | np.integer) or not 1 <= views <= 8:
         raise ValueError(f"views must be 1..8 (an integer), got {views!r}.")
     return int(views)
@@ -237,7 +240,7 @@ def predictor(
     the averaged probabilities (:class:`PriorShift`). Saved as ``.keras`` it is the whole predictor, so
     evaluation and export see exactly what was measured. All views go through ``model`` as one batch
     (:class:`DihedralViews` / :class:`ViewMean`), so an export holds its weights once."""
-    views = _check_views(views)
+    views = check_views(views)
     inputs = keras.Input(model.input_shape[1:], name="image")
     if views == 1:
         x = model(inputs)
