@@ -20,6 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
+from helpers.data import class_weights
 from helpers.evaluate import label_ids, selection_score
 from helpers.models import check_views, dihedral_view
 
@@ -76,13 +77,11 @@ def retrain_classifier(
             f"Cannot re-train the classifier: no training images of {', '.join(missing)}; every class "
             "needs at least one (use more data or a split with all classes)."
         )
-    balanced = len(y) / (len(CLASS_NAMES) * counts)
+    weights = {c: w**class_weight_power for c, w in class_weights(y).items()}
     views = train_features.shape[0]
     f = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)  # float32: twice as fast
     mean, scale = f.mean(axis=0), f.std(axis=0) + 1e-6
-    regression = LogisticRegression(
-        C=inverse_l2, class_weight=dict(enumerate(balanced**class_weight_power)), max_iter=2000
-    )
+    regression = LogisticRegression(C=inverse_l2, class_weight=weights, max_iter=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # near-converged after max_iter is still fine
         regression.fit((f - mean) / scale, np.tile(y, views))
@@ -109,11 +108,10 @@ def fit_classifier(
     features = feature_model(model)
     train_f = view_features(features, train_images, views)
     val_f = view_features(features, val_images, views)
-    best = None
-    for power in powers:
-        candidate = retrain_classifier(model, train_f, train_labels, power)
-        probs = keras.ops.convert_to_numpy(candidate.layers[-1](val_f)).mean(axis=0)
-        score = selection_score(val_labels, probs)
-        if best is None or score > best[0]:
-            best = (score, candidate, float(power))
-    return best[1], best[2]
+    candidates = [(retrain_classifier(model, train_f, train_labels, p), float(p)) for p in powers]
+
+    def val_score(candidate: tuple[keras.Model, float]) -> float:
+        probs = keras.ops.convert_to_numpy(candidate[0].layers[-1](val_f)).mean(axis=0)
+        return selection_score(val_labels, probs)
+
+    return max(candidates, key=val_score)  # ties: the first, i.e. the weaker weighting
