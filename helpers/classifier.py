@@ -4,9 +4,11 @@ Kang et al., *Decoupling representation and classifier for long-tailed recogniti
 a network learns are good, but its softmax layer was fitted while they moved, with augmentation noise, dropout
 and label smoothing. Fitting that one layer again, as a converged L2-regularised multinomial logistic
 regression on the features of the training images (each of their 8 flips / rotations), with class weights of
-a chosen strength, often helps the rare classes without costing accuracy. The result has the same
-architecture and parameter count as the input model (only the last layer's weights change), so it saves,
-exports and quantizes like it.
+a chosen strength, often helps the rare classes without costing accuracy. By default the result has the
+same architecture and parameter count as the input model (only the last layer's weights change), so it
+saves, exports and quantizes like it. With ``pooled`` layers, the new last layer also sees those layers'
+globally averaged outputs (multi-scale features: earlier stages keep finer texture and colour detail that
+the last stage has pooled away), at the cost of 7 weights per extra feature.
 """
 
 from __future__ import annotations
@@ -29,15 +31,30 @@ CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
 0, no weighting, and 1, fully balanced, were each worse on the validation split than one of these)."""
 
 
-def feature_model(model: keras.Model) -> keras.Model:
-    """``model`` up to the input of its last layer, which must be a softmax ``Dense`` classifier."""
+def feature_model(model: keras.Model, pooled: Sequence[str] = ()) -> keras.Model:
+    """``model`` up to the input of its last layer, which must be a softmax ``Dense`` classifier; with
+    ``pooled`` layer names (4-D outputs), their global average pools are concatenated after those features."""
     head = model.layers[-1]
     if not isinstance(head, keras.layers.Dense) or head.activation is not keras.activations.softmax:
         raise ValueError(
             f"{model.name}'s last layer {head.name!r} is not a softmax Dense classifier; re-train the "
             "classifier of the network itself (helpers.models.unwrap_predictor), not of a predictor wrapper."
         )
-    return keras.Model(model.inputs, head.input, name=f"{model.name}_features")
+    outputs = [head.input] + [_pooled_output(model, name) for name in pooled]
+    features = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(name="features")(outputs)
+    return keras.Model(model.input, features, name=f"{model.name}_features")
+
+
+def _pooled_output(model: keras.Model, name: str):
+    """The global average pool of layer ``name``'s feature map."""
+    layers = {layer.name: layer for layer in model.layers}
+    if name not in layers or len(layers[name].output.shape) != 4:
+        maps = [n for n, layer in layers.items() if len(layer.output.shape) == 4]
+        raise ValueError(
+            f"{model.name} has no layer {name!r} with a feature map to pool; choose from its layers with "
+            f"4-D outputs, e.g. {maps[-3:]}."
+        )
+    return keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(layers[name].output)
 
 
 def view_features(
@@ -60,10 +77,12 @@ def retrain_classifier(
     train_labels: Sequence | np.ndarray,
     class_weight_power: float = 0.5,
     inverse_l2: float = 0.1,
+    pooled: Sequence[str] = (),
 ) -> keras.Model:
     """A copy of ``model`` whose last layer is the logistic regression fitted on ``train_features``
-    (``(views, n, d)`` from :func:`view_features`; every view of image ``i`` has label ``train_labels[i]``)
-    with balanced class weights raised to ``class_weight_power`` and scikit-learn's ``C = inverse_l2``."""
+    (``(views, n, d)`` from :func:`view_features` of ``feature_model(model, pooled)``; every view of image
+    ``i`` has label ``train_labels[i]``) with balanced class weights raised to ``class_weight_power`` and
+    scikit-learn's ``C = inverse_l2``."""
     y = label_ids(train_labels)
     if train_features.ndim != 3 or train_features.shape[1] != len(y):
         raise ValueError(
@@ -87,10 +106,18 @@ def retrain_classifier(
         regression.fit((f - mean) / scale, np.tile(y, views))
     kernel = (regression.coef_ / scale).T  # undo the standardisation: one Dense layer on the raw features
     bias = regression.intercept_ - (mean / scale) @ regression.coef_.T
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    copy.layers[-1].set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-    return copy
+    features = feature_model(model, pooled)
+    if features.output.shape[-1] != f.shape[-1]:
+        raise ValueError(
+            f"train_features have {f.shape[-1]} features but feature_model({model.name}, pooled={pooled}) "
+            f"gives {features.output.shape[-1]}; compute them with the same pooled layers."
+        )
+    body = keras.models.clone_model(features)
+    body.set_weights(features.get_weights())
+    head = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="predictions")
+    refit = keras.Model(body.input, head(body.output), name=model.name)
+    head.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return refit
 
 
 def fit_classifier(
@@ -101,14 +128,18 @@ def fit_classifier(
     val_labels: Sequence | np.ndarray,
     powers: Sequence[float] = CLASS_WEIGHT_POWERS,
     views: int = 8,
+    pooled: Sequence[str] = (),
 ) -> tuple[keras.Model, float]:
     """:func:`retrain_classifier` for each class-weight power; returns the model whose ``views``-view
     averaged validation predictions have the best :func:`~helpers.evaluate.selection_score`, and its power.
-    Train images fit the layer, validation images only choose the power (never the test split)."""
-    features = feature_model(model)
+    Train images fit the layer, validation images only choose the power (never the test split). ``pooled``:
+    see :func:`feature_model`."""
+    features = feature_model(model, pooled)
     train_f = view_features(features, train_images, views)
     val_f = view_features(features, val_images, views)
-    candidates = [(retrain_classifier(model, train_f, train_labels, p), float(p)) for p in powers]
+    candidates = [
+        (retrain_classifier(model, train_f, train_labels, p, pooled=pooled), float(p)) for p in powers
+    ]
 
     def val_score(candidate: tuple[keras.Model, float]) -> float:
         probs = keras.ops.convert_to_numpy(candidate[0].layers[-1](val_f)).mean(axis=0)

@@ -30,7 +30,7 @@ def _colour_model() -> keras.Model:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(6, 1, activation="relu")(x)
+    x = keras.layers.Conv2D(6, 1, activation="relu", name="conv")(x)
     x = keras.layers.Concatenate()([keras.layers.Rescaling(1 / 255)(inputs), x])
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="predictions")(x)
@@ -99,6 +99,36 @@ def test_fit_classifier_picks_the_power_with_the_best_validation_score(data):
     assert scores[power] == max(scores.values())
     chosen = retrain_classifier(model, features, data["train_y"], power)
     assert all(np.allclose(a, b) for a, b in zip(refit.get_weights(), chosen.get_weights(), strict=True))
+
+
+def test_pooled_layers_add_their_average_pooled_maps_to_the_features(data, tmp_path):
+    model = _colour_model()
+    features = feature_model(model, pooled=("conv",))
+    conv = keras.Model(model.inputs, model.get_layer("conv").output).predict(data["val_x"], verbose=0)
+    got = features.predict(data["val_x"], verbose=0)
+    np.testing.assert_allclose(got[:, :9], feature_model(model).predict(data["val_x"], verbose=0), atol=1e-6)
+    np.testing.assert_allclose(got[:, 9:], conv.mean(axis=(1, 2)), atol=1e-5)
+
+    train_f = view_features(features, data["train_x"], views=2)
+    refit = retrain_classifier(model, train_f, data["train_y"], pooled=("conv",))
+    assert count_params(refit) == count_params(model) + 6 * len(CLASS_NAMES)  # 6 more features
+    refit.save(tmp_path / "refit.keras")
+    reloaded = keras.saving.load_model(tmp_path / "refit.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(data["val_x"], verbose=0), refit.predict(data["val_x"], verbose=0), atol=1e-6
+    )
+
+
+def test_an_unknown_pooled_layer_is_named_with_the_choices():
+    with pytest.raises(ValueError, match="has no layer 'stage9' with a feature map to pool.*'conv'"):
+        feature_model(_colour_model(), pooled=("stage9",))
+
+
+def test_features_computed_without_the_pooled_layers_are_refused(data):
+    model = _colour_model()
+    features = view_features(feature_model(model), data["train_x"], views=1)
+    with pytest.raises(ValueError, match="train_features have 9 features but .* gives 15"):
+        retrain_classifier(model, features, data["train_y"], pooled=("conv",))
 
 
 def test_selection_score_is_the_mean_of_accuracy_balanced_accuracy_and_macro_f1():
