@@ -96,6 +96,13 @@ def retrain_classifier(
             f"Cannot re-train the classifier: no training images of {', '.join(missing)}; every class "
             "needs at least one (use more data or a split with all classes)."
         )
+    features = feature_model(model, pooled)
+    got, expected = train_features.shape[-1], features.output.shape[-1]
+    if got != expected:
+        raise ValueError(
+            f"train_features have {got} features but feature_model({model.name}, pooled={pooled}) gives "
+            f"{expected}; compute them with the same pooled layers."
+        )
     weights = {c: w**class_weight_power for c, w in class_weights(y).items()}
     views = train_features.shape[0]
     f = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)  # float32: twice as fast
@@ -106,12 +113,6 @@ def retrain_classifier(
         regression.fit((f - mean) / scale, np.tile(y, views))
     kernel = (regression.coef_ / scale).T  # undo the standardisation: one Dense layer on the raw features
     bias = regression.intercept_ - (mean / scale) @ regression.coef_.T
-    features = feature_model(model, pooled)
-    if features.output.shape[-1] != f.shape[-1]:
-        raise ValueError(
-            f"train_features have {f.shape[-1]} features but feature_model({model.name}, pooled={pooled}) "
-            f"gives {features.output.shape[-1]}; compute them with the same pooled layers."
-        )
     body = keras.models.clone_model(features)
     body.set_weights(features.get_weights())
     head = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="predictions")
