@@ -23,7 +23,7 @@ Model selection (best epoch, ``tau``) uses only train and val; the test split is
 row's predictor is saved as one Keras model, ``models/dermamnist/best.keras``, with its TFLite exports (int8
 included) beside it, so notebook 05 with ``model_path=models/dermamnist/best.keras`` evaluates exactly it.
 
-    .venv/bin/python benchmarks/dermamnist.py                 # ~35 min on a 2-core CPU
+    .venv/bin/python benchmarks/dermamnist.py                 # ~38 min on a 2-core CPU
     .venv/bin/python benchmarks/dermamnist.py --tuned-epochs 3 --plain-epochs 2   # smoke run
 
 Prints a table and writes ``benchmarks/results/dermamnist.json``.
