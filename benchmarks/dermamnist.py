@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     start = time.perf_counter()
     train_x = load_images(train_df["path"].tolist(), IMG_SIZE, progress=False)
-    candidates = []
+    candidates = {}  # pooled layers -> (re-trained network, class-weight power, its table row)
     for pooled, name, what in (
         ((), "+ classifier re-trained", "last layer refitted on frozen features of the 8 views of train"),
         (POOLED, "+ multi-scale features", "the same, on features plus the pooled maps of stages 1-3"),
@@ -189,10 +189,11 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  {name}: {(t_refit - t_tuned) / 60:.1f} min so far, class weights^{power}", flush=True)
         note = f"{what}, class weights^{power} (chosen on val)"
         rows.append(row(name, scores(val_y, probs(model)), count_params(model), t_refit, note))
-        candidates.append((model, power, pooled, rows[-1]))
-    # the multi-scale head is kept only if its 8-view predictions score better on val
-    refit, power, pooled, kept = max(candidates, key=lambda c: selection_score(val_y, probs(c[0], 8)))
-    candidates[1][3]["kept"] = kept is candidates[1][3]
+        candidates[pooled] = (model, power, rows[-1])
+    # the multi-scale head is kept only if its 8-view predictions score better on val (ties: single-scale)
+    pooled = max(candidates, key=lambda p: selection_score(val_y, probs(candidates[p][0], 8)))
+    refit, power, _ = candidates[pooled]
+    candidates[POOLED][2]["kept"] = pooled == POOLED
     n_params = count_params(refit)
     tta = probs(refit, 8)
     rows.append(row("+ 8-view TTA", scores(val_y, tta), n_params, t_refit, "mean over the 8 flips/rotations"))
