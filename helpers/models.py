@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -233,28 +233,62 @@ class PriorShift(keras.layers.Layer):
 
 
 def predictor(
-    model: keras.Model, views: int = 1, class_weights: np.ndarray | list[float] | None = None
+    model: keras.Model | Sequence[keras.Model],
+    views: int = 1,
+    class_weights: np.ndarray | list[float] | None = None,
 ) -> keras.Model:
     """``model`` wrapped as one Keras model that averages its softmax over the first ``views`` dihedral views
     (test-time augmentation; 1 = none, 8 = all flips and rotations) and, with ``class_weights``, re-weights
     the averaged probabilities (:class:`PriorShift`). Saved as ``.keras`` it is the whole predictor, so
     evaluation and export see exactly what was measured. All views go through ``model`` as one batch
-    (:class:`DihedralViews` / :class:`ViewMean`), so an export holds its weights once."""
+    (:class:`DihedralViews` / :class:`ViewMean`), so an export holds its weights once.
+
+    A list of models (same input size and classes) makes an ensemble: their probabilities are averaged
+    (``Average`` layer ``ensemble_mean``) before the view mean and the prior shift. Members whose names clash
+    are wrapped under the names ``<name>_1``, ``<name>_2``, ... (their layers and weights are shared, not
+    copied)."""
     views = check_views(views)
-    inputs = keras.Input(model.input_shape[1:], name="image")
-    if views == 1:
-        x = model(inputs)
-    else:
-        x = ViewMean(views, name="tta_mean")(model(DihedralViews(views, name="tta_views")(inputs)))
+    members = _ensemble_members(model)
+    inputs = keras.Input(members[0].input_shape[1:], name="image")
+    x = DihedralViews(views, name="tta_views")(inputs) if views > 1 else inputs
+    outputs = [member(x) for member in members]
+    x = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="ensemble_mean")(outputs)
+    if views > 1:
+        x = ViewMean(views, name="tta_mean")(x)
     if class_weights is not None:
         x = PriorShift(list(np.asarray(class_weights, dtype=float)), name="prior_shift")(x)
-    return keras.Model(inputs, x, name=f"{model.name}_predictor")
+    name = members[0].name if len(members) == 1 else "ensemble"
+    return keras.Model(inputs, x, name=f"{name}_predictor")
+
+
+def _ensemble_members(model: keras.Model | Sequence[keras.Model]) -> list[keras.Model]:
+    """``model`` as a list of uniquely named members; ValueError when they cannot be averaged."""
+    members = [model] if isinstance(model, keras.Model) else list(model)
+    if not members or not all(isinstance(m, keras.Model) for m in members):
+        raise ValueError("predictor needs a Keras model or a non-empty list of Keras models.")
+    shapes = {(m.input_shape[1:], m.output_shape[-1]) for m in members}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"Ensemble members must share input shape and number of classes; got (input, classes) {shapes}."
+        )
+    names = [m.name for m in members]
+    return [
+        keras.Model(m.input, m.output, name=f"{m.name}_{i}") if names.count(m.name) > 1 else m
+        for i, m in enumerate(members, start=1)
+    ]
+
+
+def predictor_members(model: keras.Model) -> list[keras.Model]:
+    """The networks inside a :func:`predictor` wrapper (one, or an ensemble's members); ``[model]`` when
+    ``model`` is not a wrapper."""
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return inner if model.name.endswith("_predictor") and inner else [model]
 
 
 def unwrap_predictor(model: keras.Model) -> keras.Model:
-    """The network inside a :func:`predictor` wrapper (``model`` itself when it is not one)."""
-    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    return inner[0] if model.name.endswith("_predictor") and len(inner) == 1 else model
+    """The network inside a :func:`predictor` wrapper (``model`` itself when it is not one); for an
+    ensemble, its first member."""
+    return predictor_members(model)[0]
 
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {

@@ -203,7 +203,7 @@ def gradcam(
     gradients of the class score (the logit, before softmax, when the model ends in a softmax Dense layer);
     the weighted sum of channels goes through ReLU, is normalised to a maximum of 1 and resized to the image.
     For a :func:`helpers.models.predictor` (test-time augmentation) it explains the network inside, on the
-    image as given.
+    image as given (for an ensemble, its first member).
     """
     model = unwrap_predictor(model)
     image = np.asarray(image_uint8)

@@ -17,6 +17,7 @@ from helpers.models import (
     build_model,
     count_params,
     predictor,
+    predictor_members,
     unwrap_predictor,
 )
 from helpers.predict import gradcam
@@ -92,3 +93,33 @@ def test_gradcam_of_a_predictor_explains_the_network_inside(base: keras.Model, i
     wrapped = predictor(base, views=8, class_weights=np.ones(7))
     assert unwrap_predictor(wrapped) is base and unwrap_predictor(base) is base
     np.testing.assert_allclose(gradcam(wrapped, image, 2), gradcam(base, image, 2), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def second() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    return build_model("default", 16)  # same name as ``base``: the ensemble must tell them apart
+
+
+def test_ensemble_predictor_averages_its_members_over_the_views(
+    base: keras.Model, second: keras.Model, images: np.ndarray, tmp_path: Path
+):
+    weights = np.linspace(0.5, 2.0, 7)
+    wrapped = predictor([base, second], views=4, class_weights=weights)
+    members = [predictor(m, views=4).predict(images, verbose=0) for m in (base, second)]
+    expected = np.mean(members, axis=0) * weights
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(wrapped.predict(images, verbose=0), expected, atol=1e-6)
+    assert count_params(wrapped) == count_params(base) + count_params(second)
+    assert [m.name for m in predictor_members(wrapped)] == [f"{base.name}_1", f"{base.name}_2"]
+    wrapped.save(tmp_path / "ensemble.keras")
+    loaded = load_keras_model(tmp_path / "ensemble.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
+    assert len(predictor_members(loaded)) == 2
+
+
+def test_ensemble_refuses_members_that_cannot_be_averaged(base: keras.Model):
+    with pytest.raises(ValueError, match="must share input shape"):
+        predictor([base, build_model("default", 24)])
+    with pytest.raises(ValueError, match="non-empty list of Keras models"):
+        predictor([])
