@@ -18,13 +18,15 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
 from helpers.data import class_weights
-from helpers.evaluate import label_ids, selection_score
-from helpers.models import check_views, dihedral_view
+from helpers.evaluate import fit_prior_shift, label_ids, prior_shift_weights, selection_score
+from helpers.models import check_views, dihedral_view, predictor
+from helpers.pipeline import load_images
 
 CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
 """Strengths tried by :func:`fit_classifier`: balanced class weights raised to this power (on DermaMNIST
@@ -147,3 +149,32 @@ def fit_classifier(
         return selection_score(val_labels, probs)
 
     return max(candidates, key=val_score)  # ties: the first, i.e. the weaker weighting
+
+
+def finalize_predictor(
+    model: keras.Model, df: pd.DataFrame, img_size: int, views: int = 8, pooled: Sequence[str] = ()
+) -> tuple[keras.Model, dict]:
+    """The benchmark's finishing steps for a trained network, as one Keras model: :func:`fit_classifier`
+    (class-weight power chosen on val), ``views``-view test-time augmentation and a prior shift (``tau``
+    chosen on val by :func:`~helpers.evaluate.fit_prior_shift`). Reads only the ``train`` and ``val`` rows of
+    ``df`` (needs ``path``, ``dx`` and ``split``). Returns the predictor and its choices
+    (``class_weight_power``, ``tau``, ``pooled``)."""
+    if not isinstance(df, pd.DataFrame) or not {"path", "dx", "split"} <= set(df.columns):
+        raise ValueError("df needs 'path', 'dx' and 'split' columns: use helpers.train.prepare_data(...).")
+    parts = {name: df[df["split"] == name] for name in ("train", "val")}
+    empty = [name for name, part in parts.items() if part.empty]
+    if empty:
+        raise ValueError(
+            f"df has no {' or '.join(empty)} rows: finishing needs both (train fits, val chooses)."
+        )
+    x, y = {}, {}
+    for name, part in parts.items():
+        x[name] = load_images(part["path"].tolist(), img_size, progress=False).astype("float32")
+        y[name] = label_ids(part["dx"])
+    refit, power = fit_classifier(
+        model, x["train"], y["train"], x["val"], y["val"], views=views, pooled=pooled
+    )
+    val_probs = predictor(refit, views).predict(x["val"], batch_size=256, verbose=0)
+    tau = fit_prior_shift(y["val"], val_probs, y["train"])
+    final = predictor(refit, views, prior_shift_weights(y["train"], tau))
+    return final, {"class_weight_power": power, "tau": tau, "pooled": list(pooled)}

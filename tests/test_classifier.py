@@ -3,15 +3,26 @@ rare classes, the network itself is untouched, and bad input is refused by name.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
-from helpers.classifier import feature_model, fit_classifier, retrain_classifier, view_features
-from helpers.evaluate import selection_score
-from helpers.models import count_params, predictor
+from helpers.classifier import (
+    CLASS_WEIGHT_POWERS,
+    feature_model,
+    finalize_predictor,
+    fit_classifier,
+    retrain_classifier,
+    view_features,
+)
+from helpers.data import load_metadata, split_by_lesion
+from helpers.evaluate import PRIOR_SHIFT_TAUS, prior_shift_weights, selection_score
+from helpers.models import PriorShift, build_model, count_params, predictor, predictor_members
 
 SIZE = 8
 COLOURS = np.random.default_rng(0).uniform(40, 215, (len(CLASS_NAMES), 3))
@@ -156,3 +167,30 @@ def test_features_that_do_not_match_the_labels_are_refused(data):
 def test_a_predictor_wrapper_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="is not a softmax Dense classifier.*unwrap_predictor"):
         feature_model(predictor(_colour_model(), 2))
+
+
+def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthetic_dir: Path):
+    df = split_by_lesion(load_metadata(synthetic_dir, verbose=False), seed=0)
+    missing = df[df["split"] == "test"].assign(path="/nonexistent/never_read.jpg")
+    df = pd.concat([df[df["split"] != "test"], missing], ignore_index=True)  # reading test would fail
+    keras.utils.set_random_seed(0)
+    model = build_model("default", 16)
+    final, choices = finalize_predictor(model, df, 16, views=4)
+
+    assert choices["class_weight_power"] in CLASS_WEIGHT_POWERS and choices["tau"] in PRIOR_SHIFT_TAUS
+    assert final.get_layer("tta_views").views == 4 and len(predictor_members(final)) == 1
+    shift = [layer for layer in final.layers if isinstance(layer, PriorShift)][0]
+    expected = prior_shift_weights(df.loc[df["split"] == "train", "dx"], choices["tau"])
+    np.testing.assert_allclose(shift.class_weights, expected, rtol=1e-6)
+    assert count_params(final) == count_params(model)
+    assert predictor_members(final)[0].get_layer("predictions").get_weights()[0].tolist() != (
+        model.get_layer("predictions").get_weights()[0].tolist()
+    ), "the last layer was refitted"
+
+
+def test_finalize_predictor_refuses_a_split_without_val_rows(synthetic_dir: Path):
+    df = split_by_lesion(load_metadata(synthetic_dir, verbose=False), seed=0)
+    with pytest.raises(ValueError, match="no val rows"):
+        finalize_predictor(build_model("default", 16), df[df["split"] == "train"], 16)
+    with pytest.raises(ValueError, match="'split' columns"):
+        finalize_predictor(build_model("default", 16), df.drop(columns="split"), 16)

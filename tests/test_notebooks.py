@@ -25,7 +25,13 @@ PARAMETERS: dict[str, dict[str, object]] = {
         "latency_runs": 5,
         "out_dir": str(ROOT / "build" / "ci-visualizations" / "03"),
     },
-    "04_train_and_resume": {"img_size": 48, "epochs": 2, "max_images": 240, "run_dir": str(RUN_DIR)},
+    "04_train_and_resume": {
+        "img_size": 48,
+        "epochs": 2,
+        "max_images": 240,
+        "run_dir": str(RUN_DIR),
+        "finalize": True,
+    },
     "05_evaluate": {
         "model_path": str(RUN_DIR / "best.keras"),
         "max_images": 240,
@@ -35,7 +41,12 @@ PARAMETERS: dict[str, dict[str, object]] = {
 # Text each executed notebook must show (checked on the outputs, so a silently empty notebook fails).
 EXPECTED_TEXT: dict[str, list[str]] = {
     "01_explore_metadata": ["lesions present in more than one split: 0", "majority_class"],
-    "04_train_and_resume": ["epochs completed", "restored on resume", "backup/epoch-0003/state.json"],
+    "04_train_and_resume": [
+        "epochs completed",
+        "restored on resume",
+        "backup/epoch-0003/state.json",
+        "predictor.keras: {",
+    ],
     "05_evaluate": [
         "matches training split: True",
         "majority baseline",
