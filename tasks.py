@@ -80,6 +80,19 @@ def _parse_value(text: str) -> object:
         return text
 
 
+HEADLESS_DEFAULTS: dict[str, object] = {"verbose": 2}
+"""Parameters the main job gives each notebook that declares them, unless set with -p: one line per epoch
+instead of Keras's per-step progress bar, which papermill would store as thousands of outputs."""
+
+
+def notebook_parameters(path: Path, parameters: dict[str, object]) -> dict[str, object]:
+    """``parameters`` plus the :data:`HEADLESS_DEFAULTS` the notebook declares and -p did not set."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    return {**{k: v for k, v in HEADLESS_DEFAULTS.items() if k in declared}, **parameters}
+
+
 def unknown_parameters(paths: list[Path], names: list[str]) -> list[str]:
     """The names (in order) that none of the notebooks ``paths`` declares in its ``parameters`` cell."""
     import papermill
@@ -106,7 +119,7 @@ def main_job(args: argparse.Namespace) -> int:
         )
         return 2
     for path in paths:
-        run_notebook(path, BUILD / "notebooks", parameters)
+        run_notebook(path, BUILD / "notebooks", notebook_parameters(path, parameters))
     print(
         f"\nRan {len(paths)} notebooks; executed copies in {BUILD / 'notebooks'}, figures in visualizations/."
     )

@@ -1,4 +1,5 @@
-"""tasks.py: the main command refuses mistyped options and parameters before running any notebook."""
+"""tasks.py: the main command refuses mistyped options and parameters before running any notebook, and
+runs training notebooks headless with one line per epoch."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def test_main_refuses_typos_before_running_anything(arguments, message):
     )
     assert run.returncode == 2 and message in run.stderr
     assert "=== " not in run.stdout, "no notebook was started"
+
+
+def test_main_job_runs_training_notebooks_with_one_line_per_epoch():
+    sys.path.insert(0, str(ROOT))
+    import tasks
+
+    train_nb, explore_nb = (
+        ROOT / "notebooks/04_train_and_resume.ipynb",
+        ROOT / "notebooks/01_explore_metadata.ipynb",
+    )
+    assert tasks.notebook_parameters(train_nb, {"epochs": 3}) == {"verbose": 2, "epochs": 3}
+    assert tasks.notebook_parameters(train_nb, {"verbose": 1}) == {"verbose": 1}, "-p verbose wins"
+    assert tasks.notebook_parameters(explore_nb, {}) == {}, "only notebooks that declare it get it"
