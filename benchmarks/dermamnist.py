@@ -48,13 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import machine_info  # noqa: E402  (benchmarks/throughput.py)
 
 from helpers.classes import CLASS_TO_INDEX  # noqa: E402
-from helpers.classifier import fit_classifier  # noqa: E402
+from helpers.classifier import fit_classifier, prior_shifted_predictor  # noqa: E402
 from helpers.data import load_metadata  # noqa: E402
 from helpers.evaluate import (  # noqa: E402
     compute_metrics,
-    fit_prior_shift,
     majority_metrics,
-    prior_shift_weights,
     selection_score,
     write_json,
 )
@@ -116,11 +114,9 @@ def fit(
 ):
     """Train one run from scratch into ``out_dir/runs/<name>``; returns (best model, seconds)."""
     seed = args.seed if seed is None else seed
-    name = (
-        f"{model_name}-{recipe.schedule}"
-        + ("-ema" if recipe.ema else "")
-        + (f"-seed{seed}" * (seed != args.seed))
-    )
+    name = f"{model_name}-{recipe.schedule}" + ("-ema" if recipe.ema else "")
+    if seed != args.seed:
+        name += f"-seed{seed}"
     start = time.perf_counter()
     result = train(
         df=df,
@@ -168,8 +164,10 @@ def run(args: argparse.Namespace) -> dict:
     tuned, t_tuned = fit(args, df, "dermsep_net", TUNED, args.tuned_epochs, args.learning_rate)
     n_params = count_params(tuned)
 
-    def probs(model, views: int = 1, weights=None) -> np.ndarray:
-        return predictor(model, views, weights).predict(val_x.astype("float32"), batch_size=256, verbose=0)
+    def probs(model, views: int = 1) -> np.ndarray:
+        """Val probabilities of ``model``, or of its ``views``-view TTA predictor when ``views`` > 1."""
+        wrapped = predictor(model, views) if views > 1 else model
+        return wrapped.predict(val_x.astype("float32"), batch_size=256, verbose=0)
 
     rows.append(
         row(
@@ -218,13 +216,11 @@ def run(args: argparse.Namespace) -> dict:
     n_params = count_params(refit)
     tta = probs(refit, 8)
     rows.append(row("+ 8-view TTA", scores(val_y, tta), n_params, t_refit, "mean over the 8 flips/rotations"))
-    tau = fit_prior_shift(val_y, tta, train_y)
-    weights = prior_shift_weights(train_y, tau)
-    best = predictor(refit, 8, weights)
+    best, tau = prior_shifted_predictor(refit, val_x, val_y, train_y, 8)
     rows.append(
         row(
             "+ prior shift",
-            scores(val_y, probs(refit, 8, weights)),
+            scores(val_y, probs(best)),
             n_params,
             t_refit,
             f"probabilities x prior^-{tau} (tau chosen on val)",
@@ -281,8 +277,8 @@ def ensemble_rows(args, df, refit, pooled, train_xy, val_xy, t_refit: float) -> 
     second, _ = fit_classifier(second, train_x, train_y, val_x, val_y, pooled=pooled)
     seconds += t_refit + time.perf_counter() - start
     tta = predictor([refit, second], 8).predict(val_x.astype("float32"), batch_size=256, verbose=0)
-    weights = prior_shift_weights(train_y, fit_prior_shift(val_y, tta, train_y))
-    shifted = tta * weights / (tta * weights).sum(axis=1, keepdims=True)
+    ensemble, _ = prior_shifted_predictor([refit, second], val_x, val_y, train_y, 8)
+    shifted = ensemble.predict(val_x.astype("float32"), batch_size=256, verbose=0)
     n_params = count_params(refit) + count_params(second)
     note = "2 seeds, each re-trained as above; over the 250k-parameter budget, so not kept"
     return [

@@ -174,7 +174,19 @@ def finalize_predictor(
     refit, power = fit_classifier(
         model, x["train"], y["train"], x["val"], y["val"], views=views, pooled=pooled
     )
-    val_probs = predictor(refit, views).predict(x["val"], batch_size=256, verbose=0)
-    tau = fit_prior_shift(y["val"], val_probs, y["train"])
-    final = predictor(refit, views, prior_shift_weights(y["train"], tau))
+    final, tau = prior_shifted_predictor(refit, x["val"], y["val"], y["train"], views)
     return final, {"class_weight_power": power, "tau": tau, "pooled": list(pooled)}
+
+
+def prior_shifted_predictor(
+    model: keras.Model | Sequence[keras.Model],
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    train_labels: np.ndarray,
+    views: int = 8,
+) -> tuple[keras.Model, float]:
+    """``predictor(model, views)`` (one network or an ensemble) with the prior shift whose ``tau``
+    :func:`~helpers.evaluate.fit_prior_shift` chooses on its val predictions; returns (predictor, tau)."""
+    val_probs = predictor(model, views).predict(np.asarray(val_images, "float32"), batch_size=256, verbose=0)
+    tau = fit_prior_shift(val_labels, val_probs, train_labels)
+    return predictor(model, views, prior_shift_weights(train_labels, tau)), tau

@@ -17,11 +17,12 @@ from helpers.classifier import (
     feature_model,
     finalize_predictor,
     fit_classifier,
+    prior_shifted_predictor,
     retrain_classifier,
     view_features,
 )
 from helpers.data import load_metadata, split_by_lesion
-from helpers.evaluate import PRIOR_SHIFT_TAUS, prior_shift_weights, selection_score
+from helpers.evaluate import PRIOR_SHIFT_TAUS, fit_prior_shift, prior_shift_weights, selection_score
 from helpers.models import PriorShift, build_model, count_params, predictor, predictor_members
 
 SIZE = 8
@@ -194,3 +195,17 @@ def test_finalize_predictor_refuses_a_split_without_val_rows(synthetic_dir: Path
         finalize_predictor(build_model("default", 16), df[df["split"] == "train"], 16)
     with pytest.raises(ValueError, match="'split' columns"):
         finalize_predictor(build_model("default", 16), df.drop(columns="split"), 16)
+
+
+def test_prior_shifted_predictor_chooses_tau_on_the_ensembles_val_predictions(data):
+    first = fit_classifier(_colour_model(), data["train_x"], data["train_y"], data["val_x"], data["val_y"])[0]
+    second = _colour_model()  # untrained head: the ensemble differs from either member
+    final, tau = prior_shifted_predictor([first, second], data["val_x"], data["val_y"], data["train_y"], 2)
+
+    members = [predictor(m, 2).predict(data["val_x"], verbose=0) for m in (first, second)]
+    tta = np.mean(members, axis=0)
+    assert tau == fit_prior_shift(data["val_y"], tta, data["train_y"])
+    expected = tta * prior_shift_weights(data["train_y"], tau)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(final.predict(data["val_x"], verbose=0), expected, atol=1e-5)
+    assert len(predictor_members(final)) == 2 and final.get_layer("tta_views").views == 2

@@ -34,8 +34,8 @@ def test_main_refuses_typos_before_running_anything(arguments, message):
     assert "=== " not in run.stdout, "no notebook was started"
 
 
-def test_main_job_runs_training_notebooks_with_one_line_per_epoch():
-    sys.path.insert(0, str(ROOT))
+def test_main_job_runs_training_notebooks_with_one_line_per_epoch(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
     import tasks
 
     train_nb, explore_nb = (
