@@ -48,12 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import machine_info  # noqa: E402  (benchmarks/throughput.py)
 
 from helpers.classes import CLASS_TO_INDEX  # noqa: E402
-from helpers.classifier import fit_classifier, prior_shifted_predictor  # noqa: E402
+from helpers.classifier import (  # noqa: E402
+    fit_classifier,
+    multi_scale_layers,
+    prior_shifted_predictor,
+    tta_score,
+)
 from helpers.data import load_metadata  # noqa: E402
 from helpers.evaluate import (  # noqa: E402
     compute_metrics,
     majority_metrics,
-    selection_score,
     write_json,
 )
 from helpers.export import (  # noqa: E402
@@ -73,7 +77,6 @@ OUT_DIR = MODELS_DIR / "dermamnist"
 IMG_SIZE = 28
 PLAIN, TUNED = RECIPES["plain"], RECIPES["tuned"]
 EMA = dataclasses.replace(TUNED, ema=0.995)
-POOLED = ("stage1_res_out", "stage2_res_out", "stage3_res_out")  # stage 4's output is already pooled
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "mel_sensitivity")
 GOALS = {
     "accuracy": 0.82,
@@ -198,10 +201,11 @@ def run(args: argparse.Namespace) -> dict:
     )
     start = time.perf_counter()
     train_x = load_images(train_df["path"].tolist(), IMG_SIZE, progress=False)
+    multi_scale = multi_scale_layers(tuned)  # the outputs of stages 1-3 (stage 4's are the features)
     candidates = {}  # pooled layers -> (re-trained network, class-weight power, its table row)
     for pooled, name, what in (
         ((), "+ classifier re-trained", "last layer refitted on frozen features of the 8 views of train"),
-        (POOLED, "+ multi-scale features", "the same, on features plus the pooled maps of stages 1-3"),
+        (multi_scale, "+ multi-scale features", "the same, on features plus the pooled maps of stages 1-3"),
     ):
         model, power = fit_classifier(tuned, train_x, train_y, val_x, val_y, pooled=pooled)
         t_refit = t_tuned + time.perf_counter() - start
@@ -210,9 +214,9 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(row(name, scores(val_y, probs(model)), count_params(model), t_refit, note))
         candidates[pooled] = (model, power, rows[-1])
     # the multi-scale head is kept only if its 8-view predictions score better on val (ties: single-scale)
-    pooled = max(candidates, key=lambda p: selection_score(val_y, probs(candidates[p][0], 8)))
+    pooled = max(candidates, key=lambda p: tta_score(candidates[p][0], val_x, val_y, 8))
     refit, power, _ = candidates[pooled]
-    candidates[POOLED][2]["kept"] = pooled == POOLED
+    candidates[multi_scale][2]["kept"] = pooled == multi_scale
     n_params = count_params(refit)
     tta = probs(refit, 8)
     rows.append(row("+ 8-view TTA", scores(val_y, tta), n_params, t_refit, "mean over the 8 flips/rotations"))

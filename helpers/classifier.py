@@ -13,6 +13,7 @@ the last stage has pooled away), at the cost of 7 weights per extra feature.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -151,14 +152,30 @@ def fit_classifier(
     return max(candidates, key=val_score)  # ties: the first, i.e. the weaker weighting
 
 
+def multi_scale_layers(model: keras.Model) -> tuple[str, ...]:
+    """The outputs of every residual stage of ``model`` but the last (``stage1_res_out`` ... of
+    :func:`~helpers.models.dermsep_net`; the last stage is already the features): the ``pooled`` layers of a
+    multi-scale re-training. Empty for a model without such stages."""
+    stages = [layer.name for layer in model.layers if re.fullmatch(r"stage\d+_res_out", layer.name)]
+    return tuple(stages[:-1])
+
+
+def tta_score(model: keras.Model, val_images: np.ndarray, val_labels: np.ndarray, views: int = 8) -> float:
+    """:func:`~helpers.evaluate.selection_score` of ``model``'s ``views``-view averaged predictions on val."""
+    probs = predictor(model, views).predict(np.asarray(val_images, "float32"), batch_size=256, verbose=0)
+    return selection_score(val_labels, probs)
+
+
 def finalize_predictor(
-    model: keras.Model, df: pd.DataFrame, img_size: int, views: int = 8, pooled: Sequence[str] = ()
+    model: keras.Model, df: pd.DataFrame, img_size: int, views: int = 8, multi_scale: bool = True
 ) -> tuple[keras.Model, dict]:
     """The benchmark's finishing steps for a trained network, as one Keras model: :func:`fit_classifier`
-    (class-weight power chosen on val), ``views``-view test-time augmentation and a prior shift (``tau``
-    chosen on val by :func:`~helpers.evaluate.fit_prior_shift`). Reads only the ``train`` and ``val`` rows of
-    ``df`` (needs ``path``, ``dx`` and ``split``). Returns the predictor and its choices
-    (``class_weight_power``, ``tau``, ``pooled``)."""
+    (class-weight power chosen on val), once on the network's features and, with ``multi_scale`` and a model
+    that has stages, once more with the :func:`multi_scale_layers` pooled in, keeping the one with the better
+    :func:`tta_score` (ties: single-scale); then ``views``-view test-time augmentation and a prior shift
+    (``tau`` chosen on val by :func:`~helpers.evaluate.fit_prior_shift`). Reads only the ``train`` and ``val``
+    rows of ``df`` (needs ``path``, ``dx`` and ``split``). Returns the predictor and its choices
+    (``class_weight_power``, ``pooled``, ``tau``)."""
     if not isinstance(df, pd.DataFrame) or not {"path", "dx", "split"} <= set(df.columns):
         raise ValueError("df needs 'path', 'dx' and 'split' columns: use helpers.train.prepare_data(...).")
     parts = {name: df[df["split"] == name] for name in ("train", "val")}
@@ -171,11 +188,14 @@ def finalize_predictor(
     for name, part in parts.items():
         x[name] = load_images(part["path"].tolist(), img_size, progress=False).astype("float32")
         y[name] = label_ids(part["dx"])
-    refit, power = fit_classifier(
-        model, x["train"], y["train"], x["val"], y["val"], views=views, pooled=pooled
-    )
+    options = [()] + ([multi_scale_layers(model)] if multi_scale and multi_scale_layers(model) else [])
+    candidates = [
+        (*fit_classifier(model, x["train"], y["train"], x["val"], y["val"], views=views, pooled=p), p)
+        for p in options
+    ]
+    refit, power, pooled = max(candidates, key=lambda c: tta_score(c[0], x["val"], y["val"], views))
     final, tau = prior_shifted_predictor(refit, x["val"], y["val"], y["train"], views)
-    return final, {"class_weight_power": power, "tau": tau, "pooled": list(pooled)}
+    return final, {"class_weight_power": power, "pooled": list(pooled), "tau": tau}
 
 
 def prior_shifted_predictor(

@@ -17,13 +17,16 @@ from helpers.classifier import (
     feature_model,
     finalize_predictor,
     fit_classifier,
+    multi_scale_layers,
     prior_shifted_predictor,
     retrain_classifier,
+    tta_score,
     view_features,
 )
 from helpers.data import load_metadata, split_by_lesion
 from helpers.evaluate import PRIOR_SHIFT_TAUS, fit_prior_shift, prior_shift_weights, selection_score
 from helpers.models import PriorShift, build_model, count_params, predictor, predictor_members
+from helpers.pipeline import load_images
 
 SIZE = 8
 COLOURS = np.random.default_rng(0).uniform(40, 215, (len(CLASS_NAMES), 3))
@@ -178,12 +181,29 @@ def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthet
     model = build_model("default", 16)
     final, choices = finalize_predictor(model, df, 16, views=4)
 
+    # the chosen re-training is the single- or multi-scale one whose 4-view val predictions score best
+    x = {
+        s: load_images(df.loc[df["split"] == s, "path"].tolist(), 16, progress=False)
+        for s in ("train", "val")
+    }
+    y = {s: df.loc[df["split"] == s, "dx"] for s in ("train", "val")}
+    val_scores = [
+        tta_score(
+            fit_classifier(model, x["train"], y["train"], x["val"], y["val"], views=4, pooled=p)[0],
+            x["val"],
+            y["val"],
+            4,
+        )
+        for p in ((), multi_scale_layers(model))
+    ]
+    assert choices["pooled"] == ([] if val_scores[0] >= val_scores[1] else list(multi_scale_layers(model)))
     assert choices["class_weight_power"] in CLASS_WEIGHT_POWERS and choices["tau"] in PRIOR_SHIFT_TAUS
     assert final.get_layer("tta_views").views == 4 and len(predictor_members(final)) == 1
     shift = [layer for layer in final.layers if isinstance(layer, PriorShift)][0]
     expected = prior_shift_weights(df.loc[df["split"] == "train", "dx"], choices["tau"])
     np.testing.assert_allclose(shift.class_weights, expected, rtol=1e-6)
-    assert count_params(final) == count_params(model)
+    extra = 7 * sum(model.get_layer(name).output.shape[-1] for name in choices["pooled"])
+    assert count_params(final) == count_params(model) + extra
     assert predictor_members(final)[0].get_layer("predictions").get_weights()[0].tolist() != (
         model.get_layer("predictions").get_weights()[0].tolist()
     ), "the last layer was refitted"
@@ -209,3 +229,20 @@ def test_prior_shifted_predictor_chooses_tau_on_the_ensembles_val_predictions(da
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(final.predict(data["val_x"], verbose=0), expected, atol=1e-5)
     assert len(predictor_members(final)) == 2 and final.get_layer("tta_views").views == 2
+
+
+def test_multi_scale_layers_are_the_stage_outputs_but_the_last():
+    assert multi_scale_layers(build_model("default", 28)) == (
+        "stage1_res_out",
+        "stage2_res_out",
+        "stage3_res_out",
+    )
+    assert multi_scale_layers(build_model("cpu_light_efficient_cnn", 28)) == ()
+
+
+def test_finalize_predictor_of_a_model_without_stages_stays_single_scale(synthetic_dir: Path):
+    df = split_by_lesion(load_metadata(synthetic_dir, verbose=False), seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_model("cpu_light_efficient_cnn", 16)
+    final, choices = finalize_predictor(model, df, 16, views=2)
+    assert choices["pooled"] == [] and count_params(final) == count_params(model)
