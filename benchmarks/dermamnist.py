@@ -66,7 +66,7 @@ from helpers.export import (  # noqa: E402
     representative_sample,
     save_keras_model,
 )
-from helpers.models import count_params, predictor  # noqa: E402
+from helpers.models import count_params, predict_images, predictor  # noqa: E402
 from helpers.paths import MODELS_DIR, PROJECT_ROOT  # noqa: E402
 from helpers.pipeline import load_images  # noqa: E402
 from helpers.train import RECIPES, Recipe, train  # noqa: E402
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
     def probs(model, views: int = 1) -> np.ndarray:
         """Val probabilities of ``model``, or of its ``views``-view TTA predictor when ``views`` > 1."""
         wrapped = predictor(model, views) if views > 1 else model
-        return wrapped.predict(val_x.astype("float32"), batch_size=256, verbose=0)
+        return predict_images(wrapped, val_x)
 
     rows.append(
         row(
@@ -280,9 +280,9 @@ def ensemble_rows(args, df, refit, pooled, train_xy, val_xy, t_refit: float) -> 
     start = time.perf_counter()
     second, _ = fit_classifier(second, train_x, train_y, val_x, val_y, pooled=pooled)
     seconds += t_refit + time.perf_counter() - start
-    tta = predictor([refit, second], 8).predict(val_x.astype("float32"), batch_size=256, verbose=0)
+    tta = predict_images(predictor([refit, second], 8), val_x)
     ensemble, _ = prior_shifted_predictor([refit, second], val_x, val_y, train_y, 8)
-    shifted = ensemble.predict(val_x.astype("float32"), batch_size=256, verbose=0)
+    shifted = predict_images(ensemble, val_x)
     n_params = count_params(refit) + count_params(second)
     note = "2 seeds, each re-trained as above; over the 250k-parameter budget, so not kept"
     return [

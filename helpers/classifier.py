@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from helpers.classes import CLASS_NAMES
 from helpers.data import class_weights
 from helpers.evaluate import fit_prior_shift, label_ids, prior_shift_weights, selection_score
-from helpers.models import check_views, dihedral_view, predictor
+from helpers.models import check_views, dihedral_view, predict_images, predictor
 from helpers.pipeline import load_images
 
 CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
@@ -66,12 +66,7 @@ def view_features(
     """Features of the first ``views`` dihedral views of ``images``: shape ``(views, n, d)``."""
     views = check_views(views)
     x = np.asarray(images, dtype=np.float32)
-    return np.stack(
-        [
-            features.predict(np.asarray(dihedral_view(x, v)), batch_size=batch_size, verbose=0)
-            for v in range(views)
-        ]
-    )
+    return np.stack([predict_images(features, dihedral_view(x, v), batch_size) for v in range(views)])
 
 
 def retrain_classifier(
@@ -162,8 +157,7 @@ def multi_scale_layers(model: keras.Model) -> tuple[str, ...]:
 
 def tta_score(model: keras.Model, val_images: np.ndarray, val_labels: np.ndarray, views: int = 8) -> float:
     """:func:`~helpers.evaluate.selection_score` of ``model``'s ``views``-view averaged predictions on val."""
-    probs = predictor(model, views).predict(np.asarray(val_images, "float32"), batch_size=256, verbose=0)
-    return selection_score(val_labels, probs)
+    return selection_score(val_labels, predict_images(predictor(model, views), val_images))
 
 
 def finalize_predictor(
@@ -188,7 +182,8 @@ def finalize_predictor(
     for name, part in parts.items():
         x[name] = load_images(part["path"].tolist(), img_size, progress=False).astype("float32")
         y[name] = label_ids(part["dx"])
-    options = [()] + ([multi_scale_layers(model)] if multi_scale and multi_scale_layers(model) else [])
+    stages = multi_scale_layers(model) if multi_scale else ()
+    options = [()] + ([stages] if stages else [])
     candidates = [
         (*fit_classifier(model, x["train"], y["train"], x["val"], y["val"], views=views, pooled=p), p)
         for p in options
@@ -207,6 +202,6 @@ def prior_shifted_predictor(
 ) -> tuple[keras.Model, float]:
     """``predictor(model, views)`` (one network or an ensemble) with the prior shift whose ``tau``
     :func:`~helpers.evaluate.fit_prior_shift` chooses on its val predictions; returns (predictor, tau)."""
-    val_probs = predictor(model, views).predict(np.asarray(val_images, "float32"), batch_size=256, verbose=0)
+    val_probs = predict_images(predictor(model, views), val_images)
     tau = fit_prior_shift(val_labels, val_probs, train_labels)
     return predictor(model, views, prior_shift_weights(train_labels, tau)), tau

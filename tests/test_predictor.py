@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from helpers.export import load_keras_model
 from helpers.models import (
@@ -16,6 +17,7 @@ from helpers.models import (
     ViewMean,
     build_model,
     count_params,
+    predict_images,
     predictor,
     predictor_members,
     unwrap_predictor,
@@ -123,3 +125,12 @@ def test_ensemble_refuses_members_that_cannot_be_averaged(base: keras.Model):
         predictor([base, build_model("default", 24)])
     with pytest.raises(ValueError, match="non-empty list of Keras models"):
         predictor([])
+
+
+def test_predict_images_matches_the_model_without_the_determinism_log(images, capfd):
+    tf.config.experimental.enable_op_determinism()  # as helpers.train.train does, process-wide
+    keras.utils.set_random_seed(0)
+    model = build_model("default", 16)  # a new model: Keras's array adapter would log on its first predict
+    got = predict_images(model, images, batch_size=4)
+    assert "NodeDef mentions attribute" not in capfd.readouterr().err
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(images, training=False)), atol=1e-6)
