@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from helpers import classifier
 from helpers.classes import CLASS_NAMES
 from helpers.classifier import (
     CLASS_WEIGHT_POWERS,
@@ -173,13 +174,19 @@ def test_a_predictor_wrapper_is_refused_with_the_fix():
         feature_model(predictor(_colour_model(), 2))
 
 
-def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthetic_dir: Path):
+def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthetic_dir: Path, monkeypatch):
     df = split_by_lesion(load_metadata(synthetic_dir, verbose=False), seed=0)
     missing = df[df["split"] == "test"].assign(path="/nonexistent/never_read.jpg")
     df = pd.concat([df[df["split"] != "test"], missing], ignore_index=True)  # reading test would fail
     keras.utils.set_random_seed(0)
     model = build_model("default", 16)
+    tried = []  # the pooled layers of every re-training finalize_predictor runs (the real fit_classifier)
+    monkeypatch.setattr(
+        classifier, "fit_classifier", lambda *a, **k: tried.append(k["pooled"]) or fit_classifier(*a, **k)
+    )
     final, choices = finalize_predictor(model, df, 16, views=4)
+
+    assert tried == [(), multi_scale_layers(model)], "both the single- and the multi-scale re-training"
 
     # the chosen re-training is the single- or multi-scale one whose 4-view val predictions score best
     x = {
@@ -196,6 +203,7 @@ def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthet
         )
         for p in ((), multi_scale_layers(model))
     ]
+    assert val_scores[0] != val_scores[1], "the two re-trainings should differ, or the choice proves nothing"
     assert choices["pooled"] == ([] if val_scores[0] >= val_scores[1] else list(multi_scale_layers(model)))
     assert choices["class_weight_power"] in CLASS_WEIGHT_POWERS and choices["tau"] in PRIOR_SHIFT_TAUS
     assert final.get_layer("tta_views").views == 4 and len(predictor_members(final)) == 1
