@@ -537,6 +537,22 @@ def lesions_in_several_splits(df: pd.DataFrame) -> list[str]:
     return per_lesion[per_lesion > 1].index.tolist()
 
 
+def image_split_leakage(df: pd.DataFrame, train_fraction: float = 0.7) -> pd.Series:
+    """Expected share of held-out images that a random image-level split (``train_fraction`` of the images
+    in train) leaves with another image of the same lesion in train, per class and ``"all"``. An image whose
+    lesion has ``k`` images keeps all ``k - 1`` others out of train with probability about
+    ``(1 - train_fraction) ** (k - 1)``. A lesion-aware split (:func:`split_by_lesion`) leaks none."""
+    if "lesion_id" not in df.columns:
+        raise ValueError("df has no 'lesion_id' column: read it with helpers.data.load_metadata(...).")
+    fraction_ok = isinstance(train_fraction, int | float) and not isinstance(train_fraction, bool)
+    if not (fraction_ok and 0 < train_fraction < 1):
+        raise ValueError(f"train_fraction must be a number in (0, 1), got {train_fraction!r}.")
+    others = df.groupby("lesion_id")["lesion_id"].transform("size") - 1
+    leaked = 1 - (1 - train_fraction) ** others
+    per_class = leaked.groupby(df["dx"]).mean().reindex(list(CLASS_NAMES))
+    return pd.concat([per_class, pd.Series({"all": leaked.mean()})]).rename("leaked share")
+
+
 def class_weights(labels: pd.Series | np.ndarray) -> dict[int, float]:
     """Balanced class weights keyed by class id (``n_samples / (n_present_classes * count)``).
 

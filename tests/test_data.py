@@ -221,3 +221,25 @@ def test_relative_inputs_fall_back_to_the_project_root_outputs_go_there(tmp_path
 def test_class_weights_refuse_empty_or_unknown_labels(labels, message):
     with pytest.raises(ValueError, match=message):
         class_weights(pd.Series(labels, dtype=object))
+
+
+def test_image_split_leakage_is_the_chance_a_sibling_lands_in_train():
+    df = pd.DataFrame(
+        {"lesion_id": ["L1", "L1", "L1", "L2", "L3", "L3"], "dx": ["nv", "nv", "nv", "mel", "bcc", "bcc"]}
+    )
+    leak = data.image_split_leakage(df, train_fraction=0.5)
+    # L1: 2 siblings, 1 - 0.5**2 = 0.75 each; L2: none, 0; L3: 1 sibling, 0.5 each
+    assert leak["nv"] == pytest.approx(0.75) and leak["mel"] == 0 and leak["bcc"] == pytest.approx(0.5)
+    assert leak["all"] == pytest.approx((3 * 0.75 + 0 + 2 * 0.5) / 6)
+    assert np.isnan(leak["df"]), "a class without images has no share"
+
+
+@pytest.mark.parametrize("fraction", [0, 1.0, True, "0.7"])
+def test_image_split_leakage_refuses_a_bad_train_fraction(fraction):
+    with pytest.raises(ValueError, match=r"train_fraction must be a number in \(0, 1\)"):
+        data.image_split_leakage(pd.DataFrame({"lesion_id": ["L1"], "dx": ["nv"]}), fraction)
+
+
+def test_image_split_leakage_needs_lesion_ids():
+    with pytest.raises(ValueError, match="no 'lesion_id' column"):
+        data.image_split_leakage(pd.DataFrame({"dx": ["nv"]}))
