@@ -692,7 +692,8 @@ def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, b
 
     A ``split`` column in the data is kept; otherwise the lesion-aware split is rebuilt with the run's seed
     (as :func:`helpers.train.prepare_data` does: on all images, before any ``max_images`` subset). The match
-    is ``None`` without a manifest and ``False`` (with a warning) when the data differs from training's.
+    is ``None`` without a manifest and ``False`` (with a warning) when the train and val rows differ from
+    training's; test rows added since (a withheld test split) leave it ``True``.
     """
     from helpers.data import subsample
     from helpers.train import data_fingerprint
@@ -706,8 +707,9 @@ def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, b
     matches = data_fingerprint(trained_on) == expected
     if not matches:
         warnings.warn(
-            "The data evaluated is not the data the model was trained on (its image ids, labels or split "
-            "differ from the run's manifest fingerprint): test images may have been seen in training. "
+            "The data evaluated is not the data the model was trained on (the image ids, labels or split of "
+            "its train and val rows differ from the run's manifest fingerprint): test images may have been "
+            "seen in training. "
             f"Evaluate on the training data ({manifest['data'].get('source') or 'see manifest.json'}) "
             "for an unbiased test.",
             stacklevel=2,

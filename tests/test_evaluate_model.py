@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import keras
@@ -181,6 +182,19 @@ def test_fingerprint_mismatch_warns(metadata: pd.DataFrame):
     with pytest.warns(UserWarning, match="not the data the model was trained on"):
         _, matches = ev.training_split(metadata, manifest)
     assert matches is False
+
+
+def test_test_split_added_after_training_matches(metadata: pd.DataFrame):
+    """DermaMNIST's case: trained on a folder of train and val images, evaluated once the withheld test split
+    is added to it. The run's train and val rows are unchanged, so no warning and the split matches."""
+    with_test = split_by_lesion(metadata, seed=SPLIT_SEED)
+    trained_on = with_test[with_test["split"] != "test"]
+    manifest = {"seed": SPLIT_SEED, "data": {"fingerprint": data_fingerprint(trained_on)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_df, matches = ev.training_split(with_test, manifest)
+    assert matches is True
+    assert split_df["split"].tolist() == with_test["split"].tolist()
 
 
 def test_pick_examples(test_result):

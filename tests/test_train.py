@@ -60,6 +60,21 @@ def test_stratified_subset_keeps_every_split_and_class(synthetic_dir: Path):
     assert subsample(df, None) is df
 
 
+def test_fingerprint_is_of_the_train_and_val_rows(synthetic_dir: Path):
+    df = prepare_data(synthetic_dir, seed=3, verbose=False)
+    assert (df["split"] == "test").any()
+    fingerprint = data_fingerprint(df)
+    assert data_fingerprint(df[df["split"] != "test"]) == fingerprint, "a test split added later: same run"
+    test_row, val_row, train_row = (df.index[df["split"] == s][0] for s in ("test", "val", "train"))
+    assert data_fingerprint(df.assign(dx=df["dx"].mask(df.index == test_row, "vasc"))) == fingerprint
+    moved = df.assign(split=df["split"].mask(df.index == val_row, "train"))
+    assert data_fingerprint(moved) != fingerprint
+    relabelled = df["dx"].mask(df.index == train_row, "df" if df.at[train_row, "dx"] != "df" else "nv")
+    assert data_fingerprint(df.assign(dx=relabelled)) != fingerprint
+    leaked = df.assign(split=df["split"].mask(df.index == test_row, "train"))
+    assert data_fingerprint(leaked) != fingerprint, "a test image used in training"
+
+
 # ------------------------------------------------------------------------------------------ a run
 def test_run_writes_its_files(two_epochs, workdir: Path):
     run = two_epochs
