@@ -66,11 +66,14 @@ def test_fingerprint_is_of_the_train_and_val_rows(synthetic_dir: Path):
     fingerprint = data_fingerprint(df)
     assert data_fingerprint(df[df["split"] != "test"]) == fingerprint, "a test split added later: same run"
     test_row, val_row, train_row = (df.index[df["split"] == s][0] for s in ("test", "val", "train"))
-    assert data_fingerprint(df.assign(dx=df["dx"].mask(df.index == test_row, "vasc"))) == fingerprint
+
+    def relabelled(row: int) -> pd.DataFrame:  # ``row`` given another class than its own
+        return df.assign(dx=df["dx"].mask(df.index == row, "df" if df.at[row, "dx"] != "df" else "nv"))
+
+    assert data_fingerprint(relabelled(test_row)) == fingerprint
     moved = df.assign(split=df["split"].mask(df.index == val_row, "train"))
     assert data_fingerprint(moved) != fingerprint
-    relabelled = df["dx"].mask(df.index == train_row, "df" if df.at[train_row, "dx"] != "df" else "nv")
-    assert data_fingerprint(df.assign(dx=relabelled)) != fingerprint
+    assert data_fingerprint(relabelled(train_row)) != fingerprint
     leaked = df.assign(split=df["split"].mask(df.index == test_row, "train"))
     assert data_fingerprint(leaked) != fingerprint, "a test image used in training"
 
