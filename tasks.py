@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The project's two commands; each sets up ``.venv`` on first use (or when pyproject.toml changes).
 
-    python3 tasks.py main [-p NAME VALUE ...] [--only 01 04]   run the notebooks in order with papermill
+    python3 tasks.py main [-p NAME VALUE ...] [--only 01 04] [--dry-run]   run the notebooks with papermill
     python3 tasks.py test [pytest args ...]                    unit tests, then the notebooks checked by nbval
 
 Executed notebooks go to ``build/notebooks/``; figures and models to ``visualizations/`` and ``models/``.
@@ -118,6 +118,10 @@ def main_job(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.dry_run:
+        for path in paths:
+            print(f"would run {path.name} with {notebook_parameters(path, parameters)}")
+        return 0
     for path in paths:
         run_notebook(path, BUILD / "notebooks", notebook_parameters(path, parameters))
     print(
@@ -156,6 +160,7 @@ def main() -> int:
     run = sub.add_parser("main", help="run the notebooks end to end")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     run.add_argument("--only", nargs="+", help="notebook prefixes, e.g. 01 04")
+    run.add_argument("--dry-run", action="store_true", help="check the options, list what would run, stop")
     sub.add_parser("test", help="run the test suite and notebook checks")
     args, rest = parser.parse_known_args()
     if args.command == "main" and rest:

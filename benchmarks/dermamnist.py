@@ -55,18 +55,11 @@ from helpers.classifier import (  # noqa: E402
     tta_score,
 )
 from helpers.data import load_metadata  # noqa: E402
-from helpers.evaluate import (  # noqa: E402
-    compute_metrics,
-    majority_metrics,
-    write_json,
-)
-from helpers.export import (  # noqa: E402
-    export_report,
-    load_keras_model,
-    representative_sample,
-    save_keras_model,
-)
-from helpers.models import count_params, predict_images, predictor  # noqa: E402
+from helpers.export import export_report, representative_sample  # noqa: E402
+from helpers.files import write_json  # noqa: E402
+from helpers.metrics import compute_metrics, majority_metrics  # noqa: E402
+from helpers.modelio import load_keras_model, predict_images, save_keras_model  # noqa: E402
+from helpers.models import count_params, predictor  # noqa: E402
 from helpers.paths import MODELS_DIR, PROJECT_ROOT  # noqa: E402
 from helpers.pipeline import load_images  # noqa: E402
 from helpers.train import RECIPES, Recipe, train  # noqa: E402

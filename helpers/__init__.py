@@ -1,5 +1,45 @@
-"""Dermoscopy toolkit: data, pipeline, models, training, evaluation and export for HAM10000."""
+"""Dermoscopy toolkit: data, pipeline, models, training, evaluation and export for HAM10000.
+
+Modules in layers; a module imports only from its own layer or the ones above it in this list (never in a
+circle; ``tests/test_package.py`` checks both):
+
+    0 base        classes, paths, files            class codes, project folders, atomic writes and JSON
+    1 data        download, synthetic, splits,     the official download, the offline default, splits and
+                  data                             class weights; finding and validating CSVs and images
+    2 pipeline    pipeline                         decode once, cache uint8, augment, batch
+    3 models      models, modelio                  architectures and cost; load/save, input size, predict
+    4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
+    5 figures     plots                            every figure (drawn from numbers, returns a Figure)
+    6 training    train (recipes, selection, run,  fit, select, checkpoint and resume
+                  checkpoint, loop, cli)
+    7 finishing   classifier, export, explain      re-trained classifier/TTA/prior shift, TFLite, Grad-CAM
+    8 use         evaluate, predict                evaluating a saved model; classifying one image
+
+Notebooks and ``benchmarks/`` sit above every layer.
+"""
 
 from helpers.classes import CLASS_NAMES, NUM_CLASSES
 
-__all__ = ["CLASS_NAMES", "NUM_CLASSES"]
+LAYERS: dict[str, int] = {
+    "classes": 0,
+    "paths": 0,
+    "files": 0,
+    "download": 1,
+    "synthetic": 1,
+    "splits": 1,
+    "data": 1,
+    "pipeline": 2,
+    "models": 3,
+    "modelio": 3,
+    "metrics": 4,
+    "plots": 5,
+    "train": 6,
+    "classifier": 7,
+    "export": 7,
+    "explain": 7,
+    "evaluate": 8,
+    "predict": 8,
+}
+"""Layer of each top-level module or subpackage (see the table above)."""
+
+__all__ = ["CLASS_NAMES", "LAYERS", "NUM_CLASSES"]

@@ -24,10 +24,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
-from helpers.data import class_weights
-from helpers.evaluate import fit_prior_shift, label_ids, prior_shift_weights, selection_score
-from helpers.models import check_views, dihedral_view, predict_images, predictor
+from helpers.metrics import fit_prior_shift, label_ids, prior_shift_weights, selection_score
+from helpers.modelio import predict_images
+from helpers.models import check_views, dihedral_view, predictor
 from helpers.pipeline import load_images
+from helpers.splits import class_weights
 
 CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
 """Strengths tried by :func:`fit_classifier`: balanced class weights raised to this power (on DermaMNIST
@@ -130,7 +131,7 @@ def fit_classifier(
     pooled: Sequence[str] = (),
 ) -> tuple[keras.Model, float]:
     """:func:`retrain_classifier` for each class-weight power; returns the model whose ``views``-view
-    averaged validation predictions have the best :func:`~helpers.evaluate.selection_score`, and its power.
+    averaged validation predictions have the best :func:`~helpers.metrics.selection_score`, and its power.
     Train images fit the layer, validation images only choose the power (never the test split). ``pooled``:
     see :func:`feature_model`."""
     features = feature_model(model, pooled)
@@ -156,7 +157,7 @@ def multi_scale_layers(model: keras.Model) -> tuple[str, ...]:
 
 
 def tta_score(model: keras.Model, val_images: np.ndarray, val_labels: np.ndarray, views: int = 8) -> float:
-    """:func:`~helpers.evaluate.selection_score` of ``model``'s ``views``-view averaged predictions on val."""
+    """:func:`~helpers.metrics.selection_score` of ``model``'s ``views``-view averaged predictions on val."""
     return selection_score(val_labels, predict_images(predictor(model, views), val_images))
 
 
@@ -167,7 +168,7 @@ def finalize_predictor(
     (class-weight power chosen on val), once on the network's features and, with ``multi_scale`` and a model
     that has stages, once more with the :func:`multi_scale_layers` pooled in, keeping the one with the better
     :func:`tta_score` (ties: single-scale); then ``views``-view test-time augmentation and a prior shift
-    (``tau`` chosen on val by :func:`~helpers.evaluate.fit_prior_shift`). Reads only the ``train`` and ``val``
+    (``tau`` chosen on val by :func:`~helpers.metrics.fit_prior_shift`). Reads only the ``train`` and ``val``
     rows of ``df`` (needs ``path``, ``dx`` and ``split``). Returns the predictor and its choices
     (``class_weight_power``, ``pooled``, ``tau``)."""
     if not isinstance(df, pd.DataFrame) or not {"path", "dx", "split"} <= set(df.columns):
@@ -201,7 +202,7 @@ def prior_shifted_predictor(
     views: int = 8,
 ) -> tuple[keras.Model, float]:
     """``predictor(model, views)`` (one network or an ensemble) with the prior shift whose ``tau``
-    :func:`~helpers.evaluate.fit_prior_shift` chooses on its val predictions; returns (predictor, tau)."""
+    :func:`~helpers.metrics.fit_prior_shift` chooses on its val predictions; returns (predictor, tau)."""
     val_probs = predict_images(predictor(model, views), val_images)
     tau = fit_prior_shift(val_labels, val_probs, train_labels)
     return predictor(model, views, prior_shift_weights(train_labels, tau)), tau

@@ -24,8 +24,9 @@ import pandas as pd
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from helpers.evaluate import label_ids
-from helpers.files import atomic_folder, atomic_write
+from helpers.files import atomic_write
+from helpers.metrics import label_ids
+from helpers.modelio import keras_predict, load_keras_model, model_input_size, save_keras_model
 from helpers.models import measure_latency
 from helpers.pipeline import load_images
 
@@ -36,21 +37,6 @@ measures 0.975 top-1 agreement with Keras for its saved predictor, 0.955 for the
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load_keras_model(model_or_path: keras.Model | str | Path) -> keras.Model:
-    """Return ``model_or_path`` when it is a Keras model, else load the ``.keras`` file (not compiled)."""
-    if isinstance(model_or_path, keras.Model):
-        return model_or_path
-    path = Path(model_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Model file not found: {path}")
-    if path.suffix != ".keras":
-        raise ValueError(f"Expected a .keras model file, got {path}; pass a keras.Model or a .keras path.")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as err:  # Keras raises many types for bad zip/config files
-        raise ValueError(f"Cannot load Keras model {path}: {err}. Re-save or re-train it.") from err
-
-
 def load_interpreter(
     path_or_interpreter: str | Path | tf.lite.Interpreter, num_threads: int | None = None
 ) -> tf.lite.Interpreter:
@@ -77,14 +63,6 @@ def _new_interpreter(model_path: str, num_threads: int | None):
             warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
             return tf.lite.Interpreter(model_path=model_path, num_threads=num_threads)
     return Interpreter(model_path=model_path, num_threads=num_threads)
-
-
-def model_input_size(model: keras.Model) -> int:
-    """Side in pixels of the square RGB input of ``model``."""
-    shape = model.input_shape
-    if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None or shape[3] != 3:
-        raise ValueError(f"Expected a model with a square RGB input (None, S, S, 3), got {shape}.")
-    return int(shape[1])
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -156,14 +134,6 @@ def _convert(function, quantization: str, calibration: np.ndarray | None) -> byt
         return converter.convert()
 
 
-def save_keras_model(model: keras.Model, path: str | Path) -> Path:
-    """Save ``model`` as a ``.keras`` file atomically: a failed save leaves any previous file untouched."""
-    path = Path(path)
-    with atomic_folder(path) as tmp:
-        model.save(tmp)
-    return path
-
-
 def _atomic_write(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
     with atomic_write(path) as f:
@@ -223,13 +193,6 @@ def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
         return values.astype(np.float32)
     scale, zero_point = detail["quantization"]
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
-def keras_predict(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities from eager inference-mode calls (no tracing: quicker than ``predict`` on few images)."""
-    images = np.asarray(images, dtype=np.float32)
-    batches = [model(images[i : i + batch_size], training=False) for i in range(0, len(images), batch_size)]
-    return np.concatenate([np.asarray(b) for b in batches]).astype(np.float32)
 
 
 def _check_images(images: np.ndarray, size: int, name: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Safe file writes: atomic replacement, clean-up after killed writers, free-space checks.
+"""Safe file writes: atomic replacement, JSON, clean-up after killed writers, free-space checks.
 
 Every file the toolkit writes for later use (image caches, manifests, metrics, predictions, reports) goes
 through :func:`atomic_write`: the data lands in a temporary file beside the target (``.<name>.<pid>.<random>
@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import numpy as np
 
 _TMP_PATTERN = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 
@@ -143,3 +147,28 @@ def free_bytes(folder: str | Path) -> int:
 def megabytes(n_bytes: float) -> str:
     """``n_bytes`` as a short readable MB figure."""
     return f"{n_bytes / 2**20:,.0f} MB"
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as plain JSON: numpy scalars and arrays, tuples and paths converted, NaN/inf -> None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented strict JSON atomically (:func:`atomic_write`); NaN -> null."""
+    text = json.dumps(json_ready(obj), indent=2, allow_nan=False)
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return Path(path)

@@ -291,16 +291,6 @@ def unwrap_predictor(model: keras.Model) -> keras.Model:
     return predictor_members(model)[0]
 
 
-def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """``model``'s predictions for an in-memory batch of images, fed as a plain batched ``tf.data`` pipeline.
-
-    Same values as ``model.predict(images)``, but Keras's own array adapter adds a parallel map that, once
-    TensorFlow op determinism is on (:func:`helpers.train.train` turns it on), TensorFlow rewrites while
-    logging a "NodeDef mentions attribute use_unbounded_threadpool" error on every new model."""
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(images, dtype="float32")).batch(batch_size)
-    return model.predict(dataset, verbose=0)
-
-
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "dermsep_net": dermsep_net,
     "cpu_light_efficient_cnn": cpu_light_efficient_cnn,

@@ -432,7 +432,7 @@ def make_split_datasets(
     are never augmented.
     """
     if not isinstance(df, pd.DataFrame) or "split" not in df.columns:
-        raise ValueError("df needs a 'split' column: call helpers.data.split_by_lesion(df) first.")
+        raise ValueError("df needs a 'split' column: call helpers.splits.split_by_lesion(df) first.")
     unknown = sorted(set(df["split"].astype(str)) - set(_SPLITS))
     if unknown:
         raise ValueError(f"df has unknown split value(s) {unknown}; expected {list(_SPLITS)}.")

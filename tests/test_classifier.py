@@ -24,10 +24,11 @@ from helpers.classifier import (
     tta_score,
     view_features,
 )
-from helpers.data import load_metadata, split_by_lesion
-from helpers.evaluate import PRIOR_SHIFT_TAUS, fit_prior_shift, prior_shift_weights, selection_score
+from helpers.data import load_metadata
+from helpers.metrics import PRIOR_SHIFT_TAUS, fit_prior_shift, prior_shift_weights, selection_score
 from helpers.models import PriorShift, build_model, count_params, predictor, predictor_members
 from helpers.pipeline import load_images
+from helpers.splits import split_by_lesion
 
 SIZE = 8
 COLOURS = np.random.default_rng(0).uniform(40, 215, (len(CLASS_NAMES), 3))

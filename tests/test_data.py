@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
-from helpers import data
+from helpers import data, splits
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
-from helpers.data import class_weights, load_metadata, read_metadata_csv, split_by_lesion
+from helpers.data import load_metadata, read_metadata_csv
 from helpers.paths import PROJECT_ROOT, resolve_input, resolve_output
+from helpers.splits import class_weights, split_by_lesion
 
 
 def _tiny_dataset(
@@ -141,7 +142,7 @@ def real_metadata(ham_dir) -> pd.DataFrame:
 
 def test_split_real_metadata_has_no_leak_and_balanced_shares(real_metadata):
     df = split_by_lesion(real_metadata, seed=42)
-    assert data.lesions_in_several_splits(df) == []
+    assert splits.lesions_in_several_splits(df) == []
     overall = df["dx"].value_counts(normalize=True)
     for split, part in df.groupby("split"):
         share = part["dx"].value_counts(normalize=True).reindex(overall.index, fill_value=0)
@@ -171,7 +172,7 @@ def test_split_rejects_bad_sizes(real_metadata):
 
 
 def test_split_summary_table(real_metadata):
-    table = data.split_summary(split_by_lesion(real_metadata))
+    table = splits.split_summary(split_by_lesion(real_metadata))
     assert table.loc["total", "train"] + table.loc["total", "val"] + table.loc["total", "test"] == 10015
     assert list(table.index[:7]) == list(CLASS_NAMES)
 
@@ -189,14 +190,14 @@ def test_class_weights_match_sklearn_balanced():
 
 
 def test_subsample_keeps_every_class_and_size(real_metadata):
-    small = data.subsample(real_metadata, 200, seed=1)
+    small = splits.subsample(real_metadata, 200, seed=1)
     assert len(small) == 200
     assert set(small["dx"]) == set(CLASS_NAMES)
     assert small["dx"].value_counts()["nv"] > 100  # shares roughly kept
-    assert small.equals(data.subsample(real_metadata, 200, seed=1))
-    assert data.subsample(real_metadata, None) is real_metadata
+    assert small.equals(splits.subsample(real_metadata, 200, seed=1))
+    assert splits.subsample(real_metadata, None) is real_metadata
     with pytest.raises(ValueError, match="positive int"):
-        data.subsample(real_metadata, 0)
+        splits.subsample(real_metadata, 0)
 
 
 def test_relative_inputs_fall_back_to_the_project_root_outputs_go_there(tmp_path, monkeypatch):
@@ -227,7 +228,7 @@ def test_image_split_leakage_is_the_chance_a_sibling_lands_in_train():
     df = pd.DataFrame(
         {"lesion_id": ["L1", "L1", "L1", "L2", "L3", "L3"], "dx": ["nv", "nv", "nv", "mel", "bcc", "bcc"]}
     )
-    leak = data.image_split_leakage(df, train_fraction=0.5)
+    leak = splits.image_split_leakage(df, train_fraction=0.5)
     # L1: 2 siblings, 1 - 0.5**2 = 0.75 each; L2: none, 0; L3: 1 sibling, 0.5 each
     assert leak["nv"] == pytest.approx(0.75) and leak["mel"] == 0 and leak["bcc"] == pytest.approx(0.5)
     assert leak["all"] == pytest.approx((3 * 0.75 + 0 + 2 * 0.5) / 6)
@@ -237,9 +238,9 @@ def test_image_split_leakage_is_the_chance_a_sibling_lands_in_train():
 @pytest.mark.parametrize("fraction", [0, 1.0, True, "0.7"])
 def test_image_split_leakage_refuses_a_bad_train_fraction(fraction):
     with pytest.raises(ValueError, match=r"train_fraction must be a number in \(0, 1\)"):
-        data.image_split_leakage(pd.DataFrame({"lesion_id": ["L1"], "dx": ["nv"]}), fraction)
+        splits.image_split_leakage(pd.DataFrame({"lesion_id": ["L1"], "dx": ["nv"]}), fraction)
 
 
 def test_image_split_leakage_needs_lesion_ids():
     with pytest.raises(ValueError, match="no 'lesion_id' column"):
-        data.image_split_leakage(pd.DataFrame({"dx": ["nv"]}))
+        splits.image_split_leakage(pd.DataFrame({"dx": ["nv"]}))

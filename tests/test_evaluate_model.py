@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from helpers import evaluate as ev
+from helpers import metrics, modelio
 from helpers.classes import CLASS_NAMES
-from helpers.data import load_metadata, split_by_lesion
-from helpers.train import data_fingerprint
+from helpers.data import load_metadata
+from helpers.splits import data_fingerprint, split_by_lesion
 
 IMG_SIZE = 32
 SPLIT_SEED = 7
@@ -85,7 +86,7 @@ def test_writes_metrics_and_predictions(test_result, run_dir: Path, metadata: pd
     headline = test_result.headline()
     assert list(headline.index) == ["model", "majority baseline"]
     assert headline.loc["model", "accuracy"].startswith(f"{saved['accuracy']:.3f} [")
-    recomputed = ev.compute_metrics(predictions["true"], predictions[PROB_COLUMNS].to_numpy())
+    recomputed = metrics.compute_metrics(predictions["true"], predictions[PROB_COLUMNS].to_numpy())
     _assert_same({key: saved[key] for key in recomputed}, json.loads(json.dumps(recomputed)))
 
 
@@ -101,12 +102,12 @@ def test_temperature_fitted_on_validation(test_result):
     assert calibration["fitted_on"] == "val" and calibration["n_fit_images"] == len(test_result.val_frame)
     assert set(test_result.val_frame["split"]) == {"val"}
     val_probs = ev.predict_probs(test_result.model, test_result.val_images)
-    temperature = ev.fit_temperature(val_probs, test_result.val_frame["dx"])
+    temperature = metrics.fit_temperature(val_probs, test_result.val_frame["dx"])
     assert test_result.metrics["temperature"] == pytest.approx(temperature, rel=1e-6)
-    expected = ev.apply_temperature(test_result.probs, temperature)
+    expected = metrics.apply_temperature(test_result.probs, temperature)
     np.testing.assert_allclose(test_result.calibrated_probs, expected, rtol=1e-6)
     y = test_result.y_true
-    assert calibration["ece_after"] == pytest.approx(ev.expected_calibration_error(y, expected))
+    assert calibration["ece_after"] == pytest.approx(metrics.expected_calibration_error(y, expected))
     assert calibration["ece_before"] == pytest.approx(test_result.metrics["ece"])
     images, labels = test_result.validation_set()
     assert images is test_result.val_images and list(labels) == list(test_result.val_frame["dx"])
@@ -223,9 +224,9 @@ def test_gradcam_examples(test_result):
 
 
 def test_latest_model_path(run_dir: Path):
-    assert ev.latest_model_path(run_dir.parent) == run_dir / "best.keras"
+    assert modelio.latest_model_path(run_dir.parent) == run_dir / "best.keras"
     with pytest.raises(FileNotFoundError, match="No trained model"):
-        ev.latest_model_path(run_dir)
+        modelio.latest_model_path(run_dir)
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -248,7 +249,7 @@ def test_unknown_split_name(run_dir: Path, synthetic_dir: Path, tmp_path: Path):
 
 
 def test_unreadable_manifest_is_ignored_with_a_warning(tmp_path: Path):
-    assert ev.read_manifest(tmp_path / "best.keras") == {}
+    assert modelio.read_manifest(tmp_path / "best.keras") == {}
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.warns(UserWarning, match="Ignoring unreadable run manifest"):
-        assert ev.read_manifest(tmp_path / "best.keras") == {}
+        assert modelio.read_manifest(tmp_path / "best.keras") == {}

@@ -12,7 +12,7 @@ import pytest
 from model_utils import set_batchnorm_statistics
 
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
-from helpers.data import load_metadata, split_by_lesion
+from helpers.data import load_metadata
 from helpers.export import (
     QUANTIZATIONS,
     REPORT_COLUMNS,
@@ -26,6 +26,7 @@ from helpers.export import (
 )
 from helpers.models import build_model, predictor
 from helpers.pipeline import load_images
+from helpers.splits import split_by_lesion
 
 SIZE = 28
 

@@ -13,16 +13,9 @@ import pytest
 from PIL import Image
 
 from helpers.classes import CLASS_NAMES
+from helpers.explain import gradcam, gradcam_layer, overlay_heatmap
 from helpers.models import build_model
-from helpers.predict import (
-    MAX_IMAGE_PIXELS,
-    gradcam,
-    gradcam_layer,
-    load_image,
-    load_model,
-    overlay_heatmap,
-    predict_image,
-)
+from helpers.predict import MAX_IMAGE_PIXELS, load_image, load_model, predict_image
 
 SIZE = 32
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers.export import load_keras_model
+from helpers.explain import gradcam
+from helpers.modelio import load_keras_model, predict_images
 from helpers.models import (
     Dihedral,
     DihedralViews,
@@ -17,12 +18,10 @@ from helpers.models import (
     ViewMean,
     build_model,
     count_params,
-    predict_images,
     predictor,
     predictor_members,
     unwrap_predictor,
 )
-from helpers.predict import gradcam
 
 
 @pytest.fixture(scope="module")

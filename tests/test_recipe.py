@@ -11,18 +11,11 @@ import pytest
 from train_utils import run_training, same_weights
 
 from helpers.classes import CLASS_TO_INDEX
-from helpers.export import load_keras_model as load_model
+from helpers.modelio import load_keras_model as load_model
 from helpers.pipeline import load_images
-from helpers.train import (
-    RECIPES,
-    Recipe,
-    SmoothedSparseCrossentropy,
-    _compiled_model,
-    _optimizer,
-    averaged_weights,
-    prepare_data,
-    validation_scores,
-)
+from helpers.train import RECIPES, Recipe, averaged_weights, prepare_data, validation_scores
+from helpers.train.loop import _compiled_model
+from helpers.train.recipes import SmoothedSparseCrossentropy, make_optimizer
 
 TUNED = Recipe(
     schedule="cosine", warmup_epochs=1, weight_decay=1e-4, label_smoothing=0.1, class_weight_power=0.5
@@ -30,13 +23,13 @@ TUNED = Recipe(
 
 
 def test_plain_recipe_is_adam_at_a_constant_rate():
-    opt = _optimizer(1e-3, Recipe(), total_steps=100, steps_per_epoch=10)
+    opt = make_optimizer(1e-3, Recipe(), total_steps=100, steps_per_epoch=10)
     assert type(opt) is keras.optimizers.Adam
     assert float(opt.learning_rate) == pytest.approx(1e-3)
 
 
 def test_cosine_schedule_warms_up_peaks_and_decays_to_one_percent():
-    opt = _optimizer(2e-3, TUNED, total_steps=100, steps_per_epoch=10)
+    opt = make_optimizer(2e-3, TUNED, total_steps=100, steps_per_epoch=10)
     assert isinstance(opt, keras.optimizers.AdamW) and opt.weight_decay == pytest.approx(1e-4)
     rate = opt._learning_rate  # the schedule object
     values = [float(rate(step)) for step in (0, 5, 10, 55, 100)]
@@ -110,7 +103,7 @@ EMA = Recipe(ema=0.9)  # plateau schedule: independent of the epoch count, so a 
 
 def test_averaged_weights_are_the_exponential_moving_average_and_are_put_back():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(_optimizer(0.1, EMA, total_steps=10, steps_per_epoch=5), "mse")
+    model.compile(make_optimizer(0.1, EMA, total_steps=10, steps_per_epoch=5), "mse")
     rng = np.random.default_rng(0)
     expected = None
     for _ in range(4):
@@ -131,7 +124,7 @@ def test_averaged_weights_are_the_exponential_moving_average_and_are_put_back():
 
 def test_averaged_weights_is_a_no_op_without_ema():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(_optimizer(0.1, Recipe(), total_steps=10, steps_per_epoch=5), "mse")
+    model.compile(make_optimizer(0.1, Recipe(), total_steps=10, steps_per_epoch=5), "mse")
     model.train_on_batch(np.ones((8, 4)), np.zeros((8, 3)))
     before = model.get_weights()
     with averaged_weights(model):

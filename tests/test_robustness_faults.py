@@ -40,7 +40,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import io, os, signal, sys
+    import io, json, os, signal, sys
     from pathlib import Path
     import keras, numpy as np
     import helpers.pipeline, helpers.train
@@ -88,21 +88,21 @@ KILL_SCRIPT = textwrap.dedent(
                 die()
         keras.Model.save_weights = save_weights_then_die
     elif point == "publish_epoch_3":
-        publish = helpers.train._publish
+        publish = helpers.train.checkpoint._publish
         def publish_or_die(src, dst):
             if dst.name == "history.csv" and src.parent.name == "epoch-0003":
                 tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # _publish's temporary name
                 tmp.write_bytes(src.read_bytes()[:100])
                 die()
             publish(src, dst)
-        helpers.train._publish = publish_or_die
+        helpers.train.checkpoint._publish = publish_or_die
     elif point == "final_manifest":
-        write_json = helpers.train.write_json
+        write_json = helpers.train.loop.write_json
         def write_json_or_die(obj, path):
             if Path(path) == Path(run_dir) / "manifest.json":
-                die_writing(path, helpers.train.json.dumps(obj).encode())
+                die_writing(path, json.dumps(obj).encode())
             return write_json(obj, path)
-        helpers.train.write_json = write_json_or_die
+        helpers.train.loop.write_json = write_json_or_die
     helpers.train.train(data_dir, epochs=3, run_dir=run_dir, figures_dir=figures, verbose=2, **settings)
     print("NOT KILLED")
     """
@@ -207,7 +207,7 @@ def test_disk_full_at_publication_is_a_clear_error_and_loses_no_epoch(
         dst.write_bytes(src.read_bytes()[:10])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("helpers.train._link_or_copy", full_disk)
+    monkeypatch.setattr("helpers.train.checkpoint._link_or_copy", full_disk)
     expected = r"Could not copy best\.keras into .*\(No space left on device\)\. .*epochs 1-2 are saved in"
     with pytest.raises(OSError, match=expected):
         run_training(synthetic_dir, workdir, run_dir, epochs=2)
@@ -384,7 +384,7 @@ def test_run_dir_under_a_regular_file_is_refused_before_loading_data(tmp_path):
 def test_unwritable_models_folder_is_refused_before_loading_data(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr("helpers.train.MODELS_DIR", blocker / "models")  # run_dir=None goes there
+    monkeypatch.setattr("helpers.train.loop.MODELS_DIR", blocker / "models")  # run_dir=None goes there
     with pytest.raises(PermissionError, match=f"'{blocker / 'models'}' cannot be written"):
         train(tmp_path / "no-such-data", run_dir=None, epochs=1, **SETTINGS)
 

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from helpers.classes import CLASS_NAMES
-from helpers.data import DataError, ValidationReport, load_metadata, split_by_lesion
+from helpers.data import DataError, ValidationReport, load_metadata
+from helpers.splits import split_by_lesion
 from helpers.train import train
 
 IDS = ("a", "b", "c", "d")

@@ -21,14 +21,13 @@ import pytest
 from train_utils import run_training, same_weights
 
 from helpers.classes import CLASS_TO_INDEX
-from helpers.data import subsample
-from helpers.evaluate import compute_metrics
+from helpers.metrics import compute_metrics
 from helpers.pipeline import make_dataset
+from helpers.splits import data_fingerprint, subsample
 from helpers.train import (
     SELECTION_METRIC,
     BalancedSelection,
     CrashSafeCheckpoint,
-    data_fingerprint,
     default_run_name,
     main,
     prepare_data,

@@ -1,7 +1,7 @@
 """Evaluation figures: confusion matrices, ROC curves, reliability diagrams, training history, Grad-CAM grids.
 
 Figures are built with ``matplotlib.figure.Figure`` (not pyplot), so nothing stays open between calls and a
-notebook shows each returned figure exactly once. Numbers come from :mod:`helpers.evaluate`.
+notebook shows each returned figure exactly once. Numbers come from :mod:`helpers.metrics`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from helpers.classes import CLASS_NAMES
-from helpers.evaluate import (
+from helpers.metrics import (
     check_predictions,
     expected_calibration_error,
     label_ids,
@@ -81,7 +81,7 @@ def plot_roc_curves(
 ) -> Figure:
     """One-vs-rest ROC curve per class and their macro-average (vertical mean of TPR over a common FPR grid).
 
-    The macro label shows the macro AUC of :func:`helpers.evaluate.compute_metrics` (mean of per-class
+    The macro label shows the macro AUC of :func:`helpers.metrics.compute_metrics` (mean of per-class
     AUCs); classes without positives or negatives in ``y_true`` are left out.
     """
     y, p = check_predictions(y_true, probs, class_names)
@@ -137,7 +137,7 @@ def plot_reliability_diagram(
 ) -> Figure:
     """Reliability diagram (accuracy per top-1 confidence bin) with the ECE in the title.
 
-    Pass ``calibrated_probs`` (e.g. after :func:`helpers.evaluate.apply_temperature`) to draw a second panel
+    Pass ``calibrated_probs`` (e.g. after :func:`helpers.metrics.apply_temperature`) to draw a second panel
     after temperature scaling beside the first.
     """
     panels = [("Model" if calibrated_probs is None else "Before temperature scaling", probs)]

@@ -1,4 +1,4 @@
-"""Tests for helpers.evaluate (metrics, bootstrap, calibration, tables, JSON) and helpers.plots.evaluation."""
+"""helpers.metrics (scores, bootstrap, calibration, tables), files.write_json and helpers.plots.evaluation."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from helpers import evaluate as ev
+from helpers import files
+from helpers import metrics as ev
 from helpers.classes import CLASS_NAMES
 from helpers.plots import evaluation as plots
 
@@ -266,19 +267,19 @@ def test_summary_table_side_by_side(random_predictions):
 
 def test_write_json_atomic_and_strict(tmp_path):
     path = tmp_path / "run" / "metrics.json"
-    ev.write_json({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3), "p": Path("x")}, path)
-    ev.write_json({"a": 1}, path)  # overwrite in place
+    files.write_json({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3), "p": Path("x")}, path)
+    files.write_json({"a": 1}, path)  # overwrite in place
     assert json.loads(path.read_text()) == {"a": 1}
-    ev.write_json({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3), "p": Path("x")}, path)
+    files.write_json({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3), "p": Path("x")}, path)
     assert json.loads(path.read_text()) == {"a": 0.5, "b": None, "c": [0, 1, 2], "p": "x"}
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp files left
 
 
 def test_write_json_failure_keeps_old_file(tmp_path):
     path = tmp_path / "metrics.json"
-    ev.write_json({"ok": True}, path)
+    files.write_json({"ok": True}, path)
     with pytest.raises(TypeError):
-        ev.write_json({"bad": object()}, path)
+        files.write_json({"bad": object()}, path)
     assert json.loads(path.read_text()) == {"ok": True}
     assert len(list(tmp_path.iterdir())) == 1
 

@@ -1,0 +1,48 @@
+"""The README's figure, drawn from a benchmark's committed JSON (no training): the final predictor beside the
+original architecture and the majority-class baseline on the headline scores.
+
+    .venv/bin/python benchmarks/figures.py            # writes docs/results.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers.paths import PROJECT_ROOT  # noqa: E402
+from helpers.plots.results import plot_predictor_comparison  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BENCHMARK = "dermamnist"
+TITLES = {"dermamnist": "DermaMNIST (real HAM10000 images at 28 px), validation split"}
+
+
+def headline_rows(rows: list[dict]) -> list[dict]:
+    """The majority baseline (first row), the original architecture and the last kept row (the final
+    predictor), renamed for a legend."""
+    original = next(r for r in rows if "cpu_light_efficient_cnn" in r["predictor"])
+    final = [r for r in rows if r.get("kept", True)][-1]
+    return [
+        {**rows[0], "predictor": "majority class (always nv)"},
+        {**original, "predictor": "original cpu_light_efficient_cnn"},
+        {**final, "predictor": "this toolkit's predictor (best.keras)"},
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", default=BENCHMARK, choices=sorted(TITLES))
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "results.png")
+    args = parser.parse_args(argv)
+    result = json.loads((RESULTS / f"{args.benchmark}.json").read_text())
+    plot_predictor_comparison(headline_rows(result["rows"]), TITLES[args.benchmark], save_path=args.out)
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Command line: ``python -m helpers.train --data-dir DIR --run-dir DIR --epochs N ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from helpers.models import MODEL_NAMES
+from helpers.train.loop import train
+from helpers.train.recipes import SCHEDULES, Recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m helpers.train --data-dir DIR --run-dir DIR --epochs N ...``."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default="auto", help="dataset folder, or 'auto' (default)")
+    parser.add_argument("--run-dir", default=None, help="run folder (default: models/<automatic name>)")
+    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--model-name", default="default", choices=("default", *MODEL_NAMES))
+    parser.add_argument("--epochs", type=int, default=15, help="total epochs of the run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max-images", type=int, default=None, help="stratified subset for quick runs")
+    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
+    parser.add_argument("--lr-patience", type=int, default=2, help="epochs before the learning rate is cut")
+    parser.add_argument("--schedule", default="plateau", choices=SCHEDULES, help="learning-rate schedule")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: Adam)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--class-weight-power", type=float, default=1.0, help="1 balanced, 0 unweighted")
+    parser.add_argument("--ema", type=float, default=0.0, help="weight-average momentum, e.g. 0.995 (0: off)")
+    parser.add_argument("--figures-dir", default=None)
+    parser.add_argument("--no-resume", action="store_true", help="delete the run's previous state first")
+    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity")
+    args = parser.parse_args(argv)
+    try:
+        recipe = Recipe(
+            schedule=args.schedule,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            class_weight_power=args.class_weight_power,
+            ema=args.ema,
+        )
+        result = train(
+            data_dir=args.data_dir,
+            img_size=args.img_size,
+            model_name=args.model_name,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            run_dir=args.run_dir,
+            resume=not args.no_resume,
+            max_images=args.max_images,
+            patience=args.patience,
+            lr_patience=args.lr_patience,
+            recipe=recipe,
+            figures_dir=args.figures_dir,
+            verbose=args.verbose,
+        )
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        print(result.summary())
+    return 0

@@ -1,0 +1,373 @@
+"""The training loop: check the parameters, prepare the data, build or restore the model, fit with
+validation scoring, selection and checkpoints, and finish the run."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from helpers.classes import CLASS_TO_INDEX, NUM_CLASSES
+from helpers.data import load_metadata
+from helpers.files import write_json
+from helpers.models import DEFAULT_MODEL, MIN_IMG_SIZE, MODEL_NAMES, build_model, count_params
+from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR
+from helpers.pipeline import make_dataset
+from helpers.plots.evaluation import plot_training_history
+from helpers.splits import class_weights, data_fingerprint, split_by_lesion, subsample
+from helpers.train.checkpoint import (
+    CrashSafeCheckpoint,
+    remove_temporaries,
+    restore,
+    resume_point,
+)
+from helpers.train.recipes import (
+    Recipe,
+    SmoothedSparseCrossentropy,
+    is_int,
+    is_number,
+    make_optimizer,
+    resolve_recipe,
+)
+from helpers.train.run import (
+    architecture_signature,
+    default_run_name,
+    ensure_writable,
+    new_manifest,
+    now,
+    open_session,
+    recorded_parameters,
+)
+from helpers.train.selection import SELECTION_METRIC, BalancedSelection, EpochSummary, ValidationMetrics
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced. Epoch numbers are 1-based, as in ``history.csv``."""
+
+    run_dir: Path
+    best_model_path: Path
+    history: pd.DataFrame
+    best_epoch: int | None
+    best_value: float | None
+    epochs_completed: int
+    start_epoch: int
+    stopped_early: bool
+    figure_path: Path | None
+    model: keras.Model = field(repr=False)
+
+    def summary(self) -> str:
+        """One readable line."""
+        best = f"{self.best_value:.4f} at epoch {self.best_epoch}" if self.best_epoch else "none yet"
+        stop = ", stopped early" if self.stopped_early else ""
+        return (
+            f"{self.epochs_completed} epochs completed ({self.epochs_completed - self.start_epoch} in this "
+            f"call{stop}); best {SELECTION_METRIC} {best}; best model: {self.best_model_path}"
+        )
+
+
+def _check_params(
+    img_size: object,
+    model_name: object,
+    epochs: object,
+    batch_size: object,
+    learning_rate: object,
+    max_images: object,
+    patience: object,
+    lr_patience: object,
+    lr_factor: object,
+    min_lr: object,
+) -> None:
+    """Raise ValueError naming the first bad parameter, before any work is done."""
+    if not is_int(img_size) or img_size < MIN_IMG_SIZE:
+        raise ValueError(
+            f"img_size must be a positive int >= {MIN_IMG_SIZE} (pixels per side), got {img_size!r}."
+        )
+    names = ("default", *MODEL_NAMES)
+    if model_name not in names:
+        raise ValueError(f"Unknown model_name {model_name!r}; choose one of {', '.join(names)}.")
+    if not is_int(epochs) or epochs < 1:
+        raise ValueError(
+            f"epochs must be an int >= 1 (the total number of epochs of the run), got {epochs!r}."
+        )
+    if not is_int(batch_size) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float) or not learning_rate > 0:
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
+    if max_images is not None and (not is_int(max_images) or max_images < 1):
+        raise ValueError(f"max_images must be None (all images) or a positive int, got {max_images!r}.")
+    for name, value in (("patience", patience), ("lr_patience", lr_patience)):
+        if not is_int(value) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    if not is_number(lr_factor) or not 0 < lr_factor < 1:
+        raise ValueError(f"lr_factor must be a number between 0 and 1 (exclusive), got {lr_factor!r}.")
+    if not is_number(min_lr) or not 0 <= min_lr < float("inf"):
+        raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}.")
+
+
+def prepare_data(
+    data_dir: str | Path = "auto",
+    df: pd.DataFrame | None = None,
+    seed: int = 42,
+    max_images: int | None = None,
+    verbose: bool = True,
+    metadata_csv: str | Path | None = None,
+) -> pd.DataFrame:
+    """The metadata of the images to use, with a ``split`` column.
+
+    ``df`` (from :func:`helpers.data.load_metadata`, split or not) is used instead of loading ``data_dir``
+    (with ``metadata_csv``, or the CSV found there). A missing split is made by
+    :func:`helpers.splits.split_by_lesion` with ``seed``; the split is computed on all images before
+    ``max_images`` subsets them (:func:`helpers.splits.subsample`), so an image keeps its split.
+    """
+    if df is None:
+        df = load_metadata(data_dir, metadata_csv, verbose=verbose)
+    elif not isinstance(df, pd.DataFrame):
+        raise ValueError(f"df must be a pandas DataFrame from helpers.data.load_metadata, got {type(df)}.")
+    missing = [c for c in ("image_id", "dx", "path") if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks column(s) {missing}; pass the DataFrame returned by load_metadata.")
+    if "split" not in df.columns or df["split"].isna().any():
+        df = split_by_lesion(df, seed=seed)
+    subset = subsample(df, max_images, seed)
+    subset.attrs = dict(df.attrs)
+    for split in ("train", "val"):
+        if not (subset["split"] == split).any():
+            raise ValueError(
+                f"The data has no '{split}' images ({len(subset)} images in all); training needs train and "
+                "val splits. Use more images (raise max_images) or fix the 'split' column."
+            )
+    return subset.reset_index(drop=True)
+
+
+def train(
+    data_dir: str | Path = "auto",
+    img_size: int = 128,
+    model_name: str = "default",
+    epochs: int = 15,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 42,
+    run_dir: str | Path | None = None,
+    resume: bool = True,
+    max_images: int | None = None,
+    df: pd.DataFrame | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    patience: int = 5,
+    lr_patience: int = 2,
+    lr_factor: float = 0.5,
+    min_lr: float = 1e-6,
+    recipe: Recipe | str | None = None,
+    figures_dir: str | Path | None = None,
+    cache: bool | str | Path = True,
+    verbose: int = 1,
+) -> TrainResult:
+    """Train ``model_name`` on the train split, select on the validation split, and return the result.
+
+    ``epochs`` is the run's total: calling again with the same ``run_dir`` resumes after the last completed
+    epoch (``resume=True``), or continues a finished run when ``epochs`` is raised. ``resume=False`` deletes
+    the run's previous state and starts fresh. Resuming with another ``model_name``, ``img_size``,
+    ``batch_size``, ``seed``, architecture (:func:`~helpers.train.run.architecture_signature`) or data
+    (:func:`~helpers.splits.data_fingerprint`) is refused.
+
+    Adam (``learning_rate``), balanced class weights from the train split, ReduceLROnPlateau on ``val_loss``
+    (``lr_factor``, ``lr_patience``, ``min_lr``), the best epoch by :data:`SELECTION_METRIC` (ties: lower
+    ``val_loss``) saved as ``best.keras``, and early stopping after ``patience`` epochs without a new best
+    epoch. ``recipe`` (a :class:`Recipe` or a name in :data:`RECIPES`) changes the optimisation: a cosine
+    schedule, weight decay, label smoothing, softer class weights, weight averaging. The test split is never
+    used. ``run_dir`` defaults to ``models/<default_run_name>``, ``figures_dir`` to
+    ``visualizations/<run_dir name>``. ``strategy`` (a ``tf.distribute`` strategy) builds and trains the model
+    in its scope; ``batch_size`` is then the global batch. Seeds Python, NumPy and
+    TensorFlow and turns on TensorFlow op determinism (process-wide), so the same seed and data give the
+    same weights on CPU.
+    """
+    arguments = dict(locals())  # the first statement: exactly the call's arguments
+    _check_params(
+        img_size,
+        model_name,
+        epochs,
+        batch_size,
+        learning_rate,
+        max_images,
+        patience,
+        lr_patience,
+        lr_factor,
+        min_lr,
+    )
+    recipe = resolve_recipe(recipe)
+    if run_dir is not None:
+        run_dir = Path(run_dir).expanduser().resolve()
+    ensure_writable(MODELS_DIR if run_dir is None else run_dir)  # before any data is read
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+    data = prepare_data(data_dir, df, seed, max_images, verbose=verbose > 0)
+    fingerprint = data_fingerprint(data)
+    key = DEFAULT_MODEL if model_name == "default" else model_name
+    optimiser = {
+        "learning_rate": float(learning_rate),
+        "lr_factor": float(lr_factor),
+        "lr_patience": int(lr_patience),
+        "min_lr": float(min_lr),
+    }
+    settings = {"batch_size": batch_size, "optimiser": optimiser, "recipe": asdict(recipe)}
+    if run_dir is None:
+        run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint, settings)
+        ensure_writable(run_dir)
+    parameters = recorded_parameters(arguments, run_dir)
+    train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
+    steps = max(1, len(train_df) // batch_size)
+    model = _compiled_model(model_name, img_size, learning_rate, strategy, recipe, steps * epochs, steps)
+    identity = {
+        "model_name": key,
+        "img_size": img_size,
+        "batch_size": batch_size,
+        "seed": seed,
+        "data_fingerprint": fingerprint,
+        "architecture": architecture_signature(model),
+        **settings,
+    }
+    snapshot, restored = resume_point(run_dir, identity, resume)
+    if snapshot is not None:
+        restore(model, snapshot, strategy)
+
+    weights = recipe.weights(class_weights(train_df["dx"]))
+    manifest = restored["manifest"] if restored else new_manifest(parameters, data, identity, weights)
+    start_epoch = restored["epoch"] if restored else 0
+    open_session(manifest, parameters, start_epoch, strategy)
+    reduce_lr = None
+    if recipe.schedule == "plateau":
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", mode="min", factor=lr_factor, patience=lr_patience, min_lr=min_lr
+        )
+    selection = BalancedSelection(patience, restored["selection"] if restored else None)
+    history = pd.read_csv(snapshot / "history.csv") if snapshot is not None else None
+    checkpoint = CrashSafeCheckpoint(run_dir, selection, reduce_lr, identity, manifest, restored, history)
+    remove_temporaries(run_dir)  # left by a process killed while writing
+    checkpoint.publish()  # repairs a kill between a snapshot's commit and its publication
+    if verbose:
+        _describe_start(model, run_dir, train_df, val_df, start_epoch, epochs)
+    if not _nothing_to_do(restored, start_epoch, epochs, patience, verbose):
+        data_args = {"img_size": img_size, "batch_size": batch_size, "seed": seed, "cache": cache}
+        _fit(model, train_df, val_df, weights, checkpoint, start_epoch, epochs, data_args, verbose)
+    result = _finish(model, run_dir, checkpoint, start_epoch, figures_dir)
+    if verbose:
+        print(result.summary())
+    return result
+
+
+def _fit(
+    model: keras.Model,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    weights: dict[int, float],
+    checkpoint: CrashSafeCheckpoint,
+    start_epoch: int,
+    epochs: int,
+    data_args: dict,
+    verbose: int,
+) -> None:
+    """Fit from ``start_epoch`` to ``epochs`` with the validation scorer first and the checkpoint last."""
+    train_ds = make_dataset(train_df, training=True, progress=verbose > 0, **data_args)
+    val_ds = make_dataset(val_df, training=False, progress=verbose > 0, **data_args)
+    for _ in range(start_epoch):  # advance the shuffle/augmentation seeds to the resumed epoch
+        iter(train_ds)
+    callbacks = [ValidationMetrics(val_ds, val_df["dx"].map(CLASS_TO_INDEX).to_numpy())]
+    callbacks += [c for c in (checkpoint.selection, checkpoint.reduce_lr, checkpoint) if c is not None]
+    callbacks += [keras.callbacks.ProgbarLogger()]
+    callbacks += [EpochSummary(epochs, checkpoint.selection)] if verbose else []
+    model.fit(
+        train_ds.repeat(),  # one iterator for the whole fit: epoch k draws the k-th shuffle/augmentation
+        steps_per_epoch=int(train_ds.cardinality()),
+        epochs=epochs,
+        initial_epoch=start_epoch,
+        class_weight=weights,
+        shuffle=False,  # make_dataset shuffles (seeded) itself
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+
+
+def _compiled_model(
+    model_name: str,
+    img_size: int,
+    learning_rate: float,
+    strategy: tf.distribute.Strategy | None,
+    recipe: Recipe,
+    total_steps: int,
+    steps_per_epoch: int,
+) -> keras.Model:
+    """Build and compile the model (in ``strategy``'s scope) with a built optimizer, ready to be restored."""
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(model_name, img_size, NUM_CLASSES)
+        model.compile(
+            optimizer=make_optimizer(learning_rate, recipe, total_steps, steps_per_epoch),
+            loss=SmoothedSparseCrossentropy(recipe.label_smoothing),
+            metrics=["accuracy"],
+        )
+        model.optimizer.build(model.trainable_variables)  # so its state can be loaded before fit
+    return model
+
+
+def _nothing_to_do(restored: dict | None, start_epoch: int, epochs: int, patience: int, verbose: int) -> bool:
+    if restored is None:
+        return False
+    message = None
+    if start_epoch >= epochs:
+        message = f"The run already has {start_epoch} of {epochs} epochs; raise epochs to continue training."
+    elif restored["selection"]["stopped_early"] and restored["selection"]["wait"] >= patience:
+        message = (
+            f"The run stopped early at epoch {start_epoch} (no new best epoch for {patience} epochs); "
+            "raise patience to continue, or pass resume=False to start again."
+        )
+    if message and verbose:
+        print(message)
+    return message is not None
+
+
+def _describe_start(
+    model: keras.Model, run_dir: Path, train_df, val_df, start_epoch: int, epochs: int
+) -> None:
+    where = f"resuming after epoch {start_epoch}" if start_epoch else "starting fresh"
+    print(
+        f"Training {model.name} ({count_params(model):,} parameters) on {len(train_df)} train / "
+        f"{len(val_df)} val images for {epochs} epochs ({where}); run_dir: {run_dir}",
+        flush=True,
+    )
+
+
+def _finish(
+    model: keras.Model,
+    run_dir: Path,
+    checkpoint: CrashSafeCheckpoint,
+    start_epoch: int,
+    figures_dir: str | Path | None,
+) -> TrainResult:
+    """Mark the run finished in its manifest, draw the history figure and build the result."""
+    history = pd.DataFrame(checkpoint.rows)
+    manifest = checkpoint.manifest
+    selection = checkpoint.selection
+    manifest.update(finished_at=now(), status="stopped_early" if selection.stopped_early else "completed")
+    manifest["sessions"][-1]["finished_at"] = manifest["finished_at"]
+    write_json(manifest, run_dir / "manifest.json")
+    figure_path = None
+    if len(history):
+        figures = Path(figures_dir) if figures_dir is not None else VISUALIZATIONS_DIR / run_dir.name
+        figure_path = figures / "training_history.png"
+        plot_training_history(history, save_path=figure_path)
+    return TrainResult(
+        run_dir=run_dir,
+        best_model_path=run_dir / "best.keras",
+        history=history,
+        best_epoch=selection.best_epoch,
+        best_value=selection.best_value,
+        epochs_completed=len(history),
+        start_epoch=start_epoch,
+        stopped_early=selection.stopped_early,
+        figure_path=figure_path,
+        model=model,
+    )
