@@ -35,7 +35,13 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 REQUIRED_COLUMNS = ("image_id", "dx")
-OPTIONAL_COLUMNS = ("lesion_id", "dx_type", "age", "sex", "localization", "split")
+OPTIONAL_COLUMNS = ("lesion_id", "dx_type", "age", "sex", "localization", "split", "dataset")
+COMPUTED_COLUMNS = ("path", "mask_path")
+"""Columns :func:`load_metadata` fills itself; a metadata file's own columns of these names are ignored."""
+MASK_SUFFIX = "_segmentation"
+"""A lesion mask is ``<image_id>_segmentation.png`` (HAM10000's official masks, Tschandl et al. 2020)."""
+MASK_FOLDER_WORD = "segmentation"
+"""A PNG in a folder whose name holds this word (``HAM10000_segmentations_lesion_tschandl``) is a mask."""
 KAGGLE_INPUT_DIR = Path("/kaggle/input/skin-cancer-mnist-ham10000")
 HAM10000_DIR = DATA_DIR / "HAM10000"
 SYNTHETIC_DIR = DATA_DIR / "synthetic"
@@ -60,6 +66,8 @@ class ValidationReport:
     unreadable_folders: list[str] = field(default_factory=list)
     duplicate_image_files: int = 0
     unlisted_image_files: int = 0
+    lesion_masks: int = 0
+    ignored_columns: list[str] = field(default_factory=list)
     age_values_not_numeric: int = 0
     lesions_with_several_labels: list[str] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
@@ -93,6 +101,11 @@ class ValidationReport:
             lines.append(f"Ignored:  {self.duplicate_image_files} duplicate copies of the same image file")
         if self.unlisted_image_files:
             lines.append(f"Ignored:  {self.unlisted_image_files} image files not listed in the metadata")
+        if self.ignored_columns:
+            columns = ", ".join(self.ignored_columns)
+            lines.append(f"Ignored:  metadata column(s) {columns} (the toolkit fills these itself)")
+        if self.lesion_masks:
+            lines.append(f"Masks:    {self.lesion_masks} usable images have a lesion mask (column mask_path)")
         if self.age_values_not_numeric:
             lines.append(f"Age:      {self.age_values_not_numeric} non-numeric age values read as missing")
         if self.lesions_with_several_labels:
@@ -160,14 +173,27 @@ def find_metadata_csv(data_dir: str | Path) -> Path:
     return candidates[0]
 
 
+def walk(root: str | Path, onerror=None, max_depth: int | None = None):
+    """``os.walk`` in sorted order that follows symbolic links to folders (a user may link their image folders
+    below ``data_dir``) but enters each real folder once, so a link loop ends; hidden folders and the image
+    cache are skipped. ``max_depth`` limits how many folder levels below ``root`` are entered."""
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(root, onerror=onerror, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # reached again through a link: already indexed (or a loop)
+            dirs[:] = []
+            continue
+        seen.add(real)
+        depth = len(Path(dirpath).relative_to(root).parts)
+        keep = max_depth is None or depth < max_depth
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "cache") if keep else []
+        yield dirpath, dirs, sorted(files)
+
+
 def _metadata_candidates(data_dir: Path, max_depth: int = 3) -> list[Path]:
     found = []
-    for root, dirs, files in os.walk(data_dir):
-        depth = len(Path(root).relative_to(data_dir).parts)
-        dirs[:] = (
-            sorted(d for d in dirs if not d.startswith(".") and d != "cache") if depth < max_depth else []
-        )
-        for name in sorted(files):
+    for root, _dirs, files in walk(data_dir, max_depth=max_depth):
+        for name in files:
             if Path(name).suffix.lower() in (".csv", ".tab") and _looks_like_metadata(Path(root) / name):
                 found.append(Path(root) / name)
     return found
@@ -192,27 +218,50 @@ def _is_isic_onehot(columns: set[str]) -> bool:
     return "image" in columns and {c.upper() for c in CLASS_NAMES} <= columns
 
 
-def index_images(root: str | Path) -> tuple[dict[str, Path], int, list[str]]:
-    """Map image id (file stem) to path for every image below ``root``; also count duplicate copies and
-    list the folders that could not be read (e.g. no permission).
+@dataclass
+class ImageIndex:
+    """What :func:`index_images` found below a folder."""
+
+    images: dict[str, Path]
+    masks: dict[str, Path]
+    duplicates: int
+    unreadable_folders: list[str]
+
+
+def index_images(root: str | Path) -> ImageIndex:
+    """Map image id (file stem) to path for every image below ``root`` (links to folders followed), and image
+    id to lesion mask (:func:`mask_image_id`) for every mask; also count duplicate copies and list the
+    folders that could not be read (e.g. no permission). Masks are never images to classify.
 
     Kaggle's download holds each image twice (``HAM10000_images_part_1`` and ``ham10000_images_part_1``); the
     first path in sorted order wins.
     """
-    index: dict[str, Path] = {}
+    found: dict[str, dict[str, Path]] = {"images": {}, "masks": {}}
     duplicates = 0
     unreadable: list[str] = []
-    for dirpath, dirs, files in os.walk(root, onerror=lambda err: unreadable.append(str(err.filename))):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "cache")
-        for name in sorted(files):
+    for dirpath, _dirs, files in walk(root, onerror=lambda err: unreadable.append(str(err.filename))):
+        for name in files:
             path = Path(dirpath) / name
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            if path.stem in index:
+            image_id = mask_image_id(path)
+            kind, key = ("masks", image_id) if image_id else ("images", path.stem)
+            if key in found[kind]:
                 duplicates += 1
             else:
-                index[path.stem] = path
-    return index, duplicates, unreadable
+                found[kind][key] = path
+    return ImageIndex(found["images"], found["masks"], duplicates, unreadable)
+
+
+def mask_image_id(path: str | Path) -> str | None:
+    """The image id a lesion-mask file belongs to (``ISIC_0024306_segmentation.png`` -> ``ISIC_0024306``, or
+    any PNG in a ``...segmentation...`` folder -> its stem), None when ``path`` is not a mask."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        return None
+    if path.stem.endswith(MASK_SUFFIX):
+        return path.stem[: -len(MASK_SUFFIX)]
+    return path.stem if MASK_FOLDER_WORD in path.parent.name.lower() else None
 
 
 # ---------------------------------------------------------------- reading and validating
@@ -247,7 +296,9 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
         )
     if df.empty:
         raise DataError(f"Metadata file {path} has a header but no rows. Re-download it or fix the file.")
-    df = df[[c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in df.columns]].copy()
+    known = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in df.columns]
+    extra = [c for c in df.columns if c not in (*known, *COMPUTED_COLUMNS) and not c.startswith("Unnamed:")]
+    df = df[known + extra].copy()
     for column in df.columns:
         df[column] = df[column].str.strip()
     _check_dx(df, path)
@@ -334,7 +385,8 @@ def load_metadata(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """One row per usable image: ``image_id, lesion_id, dx, path`` (+ ``age, sex, localization, dx_type,
-    split`` when present).
+    split, dataset`` and any other column of the metadata file when present, and ``mask_path`` when lesion
+    masks are found below the data folder: the image's mask or None).
 
     Listed images without a file and corrupt files are excluded and counted (a warning says how many); the
     full `ValidationReport` is in ``df.attrs["validation"]`` (as a dict) and printed when ``verbose``.
@@ -342,8 +394,10 @@ def load_metadata(
     root = resolve_data_dir(data_dir, verbose=verbose)
     csv_path = resolve_input(metadata_csv) if metadata_csv is not None else find_metadata_csv(root)
     df = read_metadata_csv(csv_path)
+    ignored = [c for c in _read_header(csv_path) if c in COMPUTED_COLUMNS]
     listed = set(df["image_id"])
-    images, duplicate_files, unreadable_folders = index_images(root)
+    index = index_images(root)
+    images = index.images
     df["path"] = df["image_id"].map(lambda i: str(images[i]) if i in images else None)
     missing = df.loc[df["path"].isna(), "image_id"].tolist()
     df = df[df["path"].notna()].reset_index(drop=True)
@@ -352,6 +406,8 @@ def load_metadata(
     if "lesion_id" not in df.columns or (df["lesion_id"] == "").any():
         df = _fill_lesion_ids(df)
     bad_age = _coerce_age(df)
+    if index.masks:
+        df["mask_path"] = df["image_id"].map(lambda i: str(index.masks[i]) if i in index.masks else None)
     report = ValidationReport(
         metadata_csv=str(csv_path),
         image_root=str(root),
@@ -359,9 +415,11 @@ def load_metadata(
         usable_images=len(df),
         missing_images=missing,
         corrupt_images=corrupt,
-        unreadable_folders=unreadable_folders,
-        duplicate_image_files=duplicate_files,
+        unreadable_folders=index.unreadable_folders,
+        duplicate_image_files=index.duplicates,
         unlisted_image_files=len(set(images) - listed),
+        lesion_masks=int(df["mask_path"].notna().sum()) if index.masks else 0,
+        ignored_columns=sorted(ignored),
         age_values_not_numeric=bad_age,
         lesions_with_several_labels=_multi_label_lesions(df),
         class_counts={c: int((df["dx"] == c).sum()) for c in CLASS_NAMES},

@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAM_DIR = SHARED_DATA / "ham10000"
+HAM200_DIR = SHARED_DATA / "ham10000_200x150"
 DERMAMNIST_DIR = SHARED_DATA / "dermamnist"
 
 
@@ -26,6 +27,14 @@ def ham_dir() -> Path:
     if not (HAM_DIR / "HAM10000_metadata.csv").is_file():
         pytest.skip(f"real data not available at {HAM_DIR}")
     return HAM_DIR
+
+
+@pytest.fixture(scope="session")
+def ham200_dir() -> Path:
+    """All 10,015 HAM10000 images at 200x150, Dataverse metadata and lesion masks (skips when absent)."""
+    if not (HAM200_DIR / "HAM10000_metadata.csv").is_file():
+        pytest.skip(f"real data not available at {HAM200_DIR}")
+    return HAM200_DIR
 
 
 @pytest.fixture(scope="session")

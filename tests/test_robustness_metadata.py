@@ -112,7 +112,7 @@ ACCEPTED = {
     "crlf_line_endings": b"image_id,dx,age\r\na,mel,50\r\nb,nv,\r\n",
     "semicolon_delimited": b"image_id;dx;age\na;mel;50\nb;nv;\n",
     "tab_delimited": b"image_id\tdx\tage\na\tmel\t50\nb\tnv\t\n",
-    "extra_columns_ignored": b"image_id,dx,age,notes,extra\na,mel,50,x,1\nb,nv,,y,2\n",
+    "extra_columns_kept": b"image_id,dx,age,notes,dataset\na,mel,50,x,rosendahl\nb,nv,,y,vidir_modern\n",
     "quoted_fields_and_spaces": b'"image_id","dx","age"\n"a","mel","50"\n" b "," nv ",""\n',
 }
 
@@ -123,7 +123,8 @@ def test_csv_dialect_is_read(case, tmp_path):
     df = load_metadata(tmp_path, verbose=False)
     assert df["image_id"].tolist() == ["a", "b"] and df["dx"].tolist() == ["mel", "nv"]
     assert df["age"].tolist()[0] == 50.0 and pd.isna(df["age"].tolist()[1])
-    assert {"notes", "extra"}.isdisjoint(df.columns)
+    if case == "extra_columns_kept":  # e.g. the Dataverse file's `dataset` (the source clinic)
+        assert df["notes"].tolist() == ["x", "y"] and df["dataset"].tolist() == ["rosendahl", "vidir_modern"]
     assert df.attrs["validation"]["unlisted_image_files"] == 2  # c and d: counted, not silently dropped
 
 
@@ -181,3 +182,66 @@ def test_class_with_zero_images_after_filtering_is_stated_and_training_continues
     manifest = pd.read_json(result.run_dir / "manifest.json", typ="series")
     assert result.epochs_completed == 1 and manifest["class_weights"]["vasc"] == 1.0
     assert manifest["data"]["class_counts"]["train"]["vasc"] == 0
+
+
+def test_a_path_column_in_the_metadata_is_ignored_and_said(tmp_path):
+    _folder(tmp_path, "image_id,dx,path\na,mel,/elsewhere/a.jpg\nb,nv,/elsewhere/b.jpg\n")
+    df = load_metadata(tmp_path, verbose=False)
+    assert df["path"].tolist() == [str(tmp_path / "images" / "a.jpg"), str(tmp_path / "images" / "b.jpg")]
+    assert df.attrs["validation"]["ignored_columns"] == ["path"]
+    assert "Ignored:  metadata column(s) path (the toolkit fills these itself)" in _summary(df)
+
+
+def _mask(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (40, 30), 255).save(path)
+
+
+def test_lesion_masks_are_attached_never_counted_as_images(tmp_path):
+    """Dataverse's masks folder, and a mask named <id>_segmentation.png among the images."""
+    _folder(tmp_path, "image_id,dx\na,mel\nb,nv\nc,bkl\n")
+    _mask(tmp_path / "HAM10000_segmentations_lesion_tschandl" / "a_segmentation.png")
+    _mask(tmp_path / "images" / "b_segmentation.png")
+    df = load_metadata(tmp_path, verbose=False)
+    report = df.attrs["validation"]
+    assert df["image_id"].tolist() == ["a", "b", "c"]
+    assert df["path"].tolist() == [str(tmp_path / "images" / f"{i}.jpg") for i in "abc"]
+    masks = tmp_path / "HAM10000_segmentations_lesion_tschandl" / "a_segmentation.png"
+    assert df["mask_path"].tolist()[:2] == [str(masks), str(tmp_path / "images" / "b_segmentation.png")]
+    assert pd.isna(df.loc[2, "mask_path"])  # c has no mask
+    assert report["unlisted_image_files"] == 1  # d.jpg only: masks are not images
+    assert report["lesion_masks"] == 2
+    assert "Masks:    2 usable images have a lesion mask" in _summary(df)
+
+
+def test_no_mask_column_without_masks(tmp_path):
+    _folder(tmp_path, "image_id,dx\na,mel\n")
+    assert "mask_path" not in load_metadata(tmp_path, verbose=False).columns
+
+
+def test_image_folders_linked_below_data_dir_are_searched(tmp_path):
+    """A user links their image folders into data/HAM10000/; a link back up (a loop) must not hang."""
+    store = tmp_path / "store"
+    _folder(store, "image_id,dx\na,mel\nb,nv\n")
+    data_dir = tmp_path / "HAM10000"
+    data_dir.mkdir()
+    (data_dir / "HAM10000_metadata.csv").write_bytes((store / "metadata.csv").read_bytes())
+    (data_dir / "HAM10000_images_part_1").symlink_to(store / "images", target_is_directory=True)
+    (store / "images" / "loop").symlink_to(data_dir, target_is_directory=True)
+    df = load_metadata(data_dir, verbose=False)
+    assert df["image_id"].tolist() == ["a", "b"]
+    assert df["path"].tolist() == [str(data_dir / "HAM10000_images_part_1" / f"{i}.jpg") for i in "ab"]
+    assert df.attrs["validation"]["duplicate_image_files"] == 0  # the loop does not index them twice
+
+
+def test_real_200px_folder_with_masks_and_sources(ham200_dir):
+    df = load_metadata(ham200_dir, verbose=False)
+    report = df.attrs["validation"]
+    assert len(df) == 10015 and report["unlisted_image_files"] == 0 and report["lesion_masks"] == 10015
+    assert df["mask_path"].str.endswith("_segmentation.png").all()
+    assert df["dataset"].value_counts().to_dict() == {
+        "vidir_molemax": 3954,
+        "vidir_modern": 3363,
+        "rosendahl": 2259,
+        "vienna_dias": 439,
+    }
