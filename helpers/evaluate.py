@@ -37,7 +37,7 @@ from helpers.modelio import (
 )
 from helpers.paths import VISUALIZATIONS_DIR
 from helpers.pipeline import load_images
-from helpers.splits import data_fingerprint, split_by_lesion, subsample
+from helpers.splits import data_fingerprint, make_split, subsample
 
 SPLIT_CHOICES: tuple[str, ...] = ("test", "val", "train", "all")
 """``split`` values of :func:`evaluate_model`; ``"all"`` is every image (e.g. an external test set)."""
@@ -87,13 +87,14 @@ class EvaluationResult:
 def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, bool | None]:
     """``df`` with the train/val/test split training used, and whether it matches the run's data fingerprint.
 
-    A ``split`` column in the data is kept; otherwise the lesion-aware split is rebuilt with the run's seed
-    (as :func:`helpers.train.prepare_data` does: on all images, before any ``max_images`` subset). The match
+    A ``split`` column in the data is kept; otherwise the split recorded in the run's manifest is rebuilt
+    (:func:`helpers.splits.make_split`: lesion-aware with the run's seed, or the held-out source), on all
+    images before any ``max_images`` subset, as :func:`helpers.train.prepare_data` does. The match
     is ``None`` without a manifest and ``False`` (with a warning) when the train and val rows differ from
     training's; test rows added since (a withheld test split) leave it ``True``.
     """
     seed = manifest.get("seed", DEFAULT_SPLIT_SEED)
-    split_df = split_by_lesion(df, seed=seed)
+    split_df = make_split(df, manifest.get("data", {}).get("split"), seed)
     expected = manifest.get("data", {}).get("fingerprint")
     if not expected:
         return split_df, None

@@ -22,7 +22,8 @@ def split_by_lesion(
 
     No lesion lands in two splits; each class's images are shared out so that every split gets its fraction
     of that class's images (lesions are assigned, in a seeded order, to the split furthest below its target).
-    A ``split`` column already present is honoured and returned unchanged.
+    A ``split`` column already present is honoured and returned unchanged. The split made is recorded in
+    ``attrs["split"]`` (a training run's manifest keeps it, so evaluation can rebuild the same split).
     """
     if "split" in df.columns and df["split"].notna().all():
         return df.copy()
@@ -37,12 +38,62 @@ def split_by_lesion(
         targets = fractions * group["n"].sum()
         filled = np.zeros(3)
         for lesion_id, n in group["n"].items():
-            choice = int(np.argmax((targets - filled) / np.maximum(targets, 1e-9)))
+            below = (targets - filled) / np.maximum(targets, 1e-9)
+            choice = int(np.argmax(np.where(fractions > 0, below, -np.inf)))  # a 0 fraction gets nothing
             filled[choice] += n
             assignment[lesion_id] = SPLITS[choice]
     out = df.copy()
     out["split"] = out["lesion_id"].map(assignment)
+    out.attrs["split"] = {"method": "lesion", "val_size": val_size, "test_size": test_size, "seed": seed}
     return out
+
+
+def split_by_source(
+    df: pd.DataFrame, held_out: str, column: str = "dataset", val_size: float = 0.15, seed: int = 42
+) -> pd.DataFrame:
+    """Hold out one source (clinic, device) as the test split: every image whose ``column`` is ``held_out``,
+    and every other image of a lesion seen there (a lesion photographed under two sources goes with the
+    held-out one), is ``test``; the rest is split lesion-aware into train and val (``val_size`` of it).
+
+    Scores on such a test split say how a model carries over to a clinic it has never seen. An existing
+    ``split`` column is replaced. ValueError when ``column`` is missing or ``held_out`` is not one of its
+    values (the message lists them).
+    """
+    if column not in df.columns:
+        raise ValueError(
+            f"The data has no {column!r} column to hold a source out by; its columns are {list(df.columns)}. "
+            "HAM10000's Dataverse metadata has 'dataset' (the source clinic of each image)."
+        )
+    sources = sorted(df[column].dropna().astype(str).unique())
+    if held_out not in sources:
+        raise ValueError(f"{held_out!r} is not a value of column {column!r}; choose one of {sources}.")
+    if len(sources) < 2:
+        raise ValueError(f"Column {column!r} has only the source {held_out!r}: nothing is left to train on.")
+    held_lesions = set(df.loc[df[column] == held_out, "lesion_id"])
+    test = df["lesion_id"].isin(held_lesions)
+    rest = split_by_lesion(df.loc[~test].drop(columns="split", errors="ignore"), val_size, 0.0, seed)
+    out = df.copy()
+    out["split"] = "test"
+    out.loc[rest.index, "split"] = rest["split"]
+    out.attrs["split"] = {
+        "method": "source",
+        "held_out": held_out,
+        "column": column,
+        "val_size": val_size,
+        "seed": seed,
+    }
+    return out
+
+
+def make_split(df: pd.DataFrame, record: dict | None, seed: int = 42) -> pd.DataFrame:
+    """``df`` split as ``record`` says (the ``attrs["split"]`` of :func:`split_by_lesion` or
+    :func:`split_by_source`, as a run's manifest keeps it); lesion-aware 70/15/15 with ``seed`` without one.
+    A ``split`` column already in the data is honoured, as by :func:`split_by_lesion`."""
+    record = record or {}
+    if record.get("method") == "source" and not ("split" in df.columns and df["split"].notna().all()):
+        return split_by_source(df, record["held_out"], record["column"], record["val_size"], record["seed"])
+    sizes = {k: record[k] for k in ("val_size", "test_size") if k in record}
+    return split_by_lesion(df, seed=record.get("seed", seed), **sizes)
 
 
 def _mode(values: pd.Series) -> str:

@@ -48,6 +48,9 @@ _STYLE = {
 _SKIN = [(236, 200, 180), (224, 180, 150), (205, 160, 125), (240, 210, 195)]
 _AGE_MEAN = {"akiec": 67, "bcc": 66, "bkl": 59, "df": 52, "mel": 61, "nv": 43, "vasc": 50}
 _DX_TYPE = {"mel": "histo", "bcc": "histo", "akiec": "histo", "df": "consensus", "vasc": "consensus"}
+_SOURCES = {"vidir_molemax": 0.40, "vidir_modern": 0.33, "rosendahl": 0.22, "vienna_dias": 0.05}
+"""The Dataverse metadata's ``dataset`` column (source clinic) with HAM10000's shares, drawn per lesion."""
+_VERSION = 2  # 2: the dataset column
 _SITES = ["back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "chest", "scalp", "neck"]
 
 
@@ -63,7 +66,8 @@ def class_counts(n_images: int) -> dict[str, int]:
 def make_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES, seed: int = 0) -> Path:
     """Write a synthetic dataset in the HAM10000 layout and return its folder.
 
-    ``out_dir/HAM10000_metadata.csv`` (columns ``lesion_id, image_id, dx, dx_type, age, sex, localization``)
+    ``out_dir/HAM10000_metadata.csv`` (columns ``lesion_id, image_id, dx, dx_type, age, sex, localization,
+    dataset``, as the Dataverse file)
     and 600×450 JPEGs split over ``HAM10000_images_part_1/`` and ``HAM10000_images_part_2/``. Deterministic
     for a seed. The folder is built aside and moved into place: an interrupted run leaves nothing half-made.
     """
@@ -73,6 +77,7 @@ def make_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = _metadata_rows(class_counts(n_images), rng)
+    _add_sources(rows, np.random.default_rng([seed, 1]))  # its own stream: the images do not change
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
         work = Path(tmp) / "dataset"
         for part in (1, 2):
@@ -87,7 +92,7 @@ def make_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy and PIL release the GIL
             list(pool.map(lambda job: _write_image(*job), jobs))
         pd.DataFrame(rows).to_csv(work / "HAM10000_metadata.csv", index=False)
-        (work / _STAMP).write_text(json.dumps({"n_images": n_images, "seed": seed}))
+        (work / _STAMP).write_text(json.dumps(_stamp(n_images, seed)))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         work.rename(out_dir)
@@ -98,10 +103,23 @@ def ensure_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAG
     """Return ``out_dir`` holding the synthetic dataset for these settings, generating it if needed."""
     out_dir = Path(out_dir)
     stamp = out_dir / _STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()) == {"n_images": n_images, "seed": seed}:
+    if stamp.is_file() and json.loads(stamp.read_text()) == _stamp(n_images, seed):
         return out_dir
     print(f"Generating the synthetic dataset ({n_images} images) in {out_dir} ...")
     return make_synthetic_dataset(out_dir, n_images=n_images, seed=seed)
+
+
+def _stamp(n_images: int, seed: int) -> dict:
+    return {"n_images": n_images, "seed": seed, "version": _VERSION}
+
+
+def _add_sources(rows: list[dict], rng: np.random.Generator) -> None:
+    """A source clinic per lesion (all images of a lesion from one source)."""
+    lesions = sorted({row["lesion_id"] for row in rows})
+    drawn = rng.choice(list(_SOURCES), size=len(lesions), p=list(_SOURCES.values()))
+    source = dict(zip(lesions, drawn, strict=True))
+    for row in rows:
+        row["dataset"] = str(source[row["lesion_id"]])
 
 
 def _write_image(dx: str, params: dict, seed: int, path: Path) -> None:

@@ -166,6 +166,69 @@ def test_existing_split_column_is_honoured(tmp_path):
     assert split_by_lesion(df)["split"].tolist() == ["train", "test"]
 
 
+def test_split_without_test_share_puts_nothing_in_test(real_metadata):
+    df = split_by_lesion(real_metadata, val_size=0.15, test_size=0.0, seed=3)
+    assert set(df["split"]) == {"train", "val"}
+    assert abs((df["split"] == "val").mean() - 0.15) < 0.01
+    assert df.attrs["split"] == {"method": "lesion", "val_size": 0.15, "test_size": 0.0, "seed": 3}
+
+
+def _sources_frame() -> pd.DataFrame:
+    """12 lesions over three sources; lesion L0 was photographed at clinic a and at clinic b."""
+    rows = [
+        {"lesion_id": f"L{i}", "image_id": f"i{i}_{k}", "dx": CLASS_NAMES[i % 7], "dataset": "abc"[i % 3]}
+        for i in range(12)
+        for k in range(2)
+    ]
+    rows[1]["dataset"] = "b"  # the second image of L0 (else from clinic a)
+    return pd.DataFrame(rows)
+
+
+def test_split_by_source_holds_out_a_clinic_and_its_lesions():
+    df = splits.split_by_source(_sources_frame(), "b", val_size=0.25, seed=0)
+    test = df[df["split"] == "test"]
+    assert set(test["lesion_id"]) == {"L0", "L1", "L4", "L7", "L10"}  # b's lesions, L0 whole
+    assert (df.loc[df["dataset"] == "b", "split"] == "test").all()
+    assert set(df.loc[df["split"] != "test", "dataset"]) == {"a", "c"}
+    assert set(df["split"]) == {"train", "val", "test"}
+    assert splits.lesions_in_several_splits(df) == []
+    assert df.attrs["split"] == {
+        "method": "source",
+        "held_out": "b",
+        "column": "dataset",
+        "val_size": 0.25,
+        "seed": 0,
+    }
+    assert splits.make_split(_sources_frame(), df.attrs["split"])["split"].equals(df["split"])
+
+
+@pytest.mark.parametrize(
+    ("frame", "held_out", "message"),
+    [
+        (_sources_frame().drop(columns="dataset"), "b", "no 'dataset' column to hold a source out by"),
+        (
+            _sources_frame(),
+            "rosendahl",
+            r"'rosendahl' is not a value of column 'dataset'; choose one of \['a', 'b', 'c'\]",
+        ),
+        (_sources_frame().assign(dataset="a"), "a", "has only the source 'a': nothing is left to train on"),
+    ],
+)
+def test_split_by_source_refuses_what_it_cannot_do(frame, held_out, message):
+    with pytest.raises(ValueError, match=message):
+        splits.split_by_source(frame, held_out)
+
+
+def test_held_out_clinic_on_real_metadata(ham200_dir):
+    df = read_metadata_csv(ham200_dir / "HAM10000_metadata.csv")
+    split = splits.split_by_source(df, "rosendahl")
+    test = split[split["split"] == "test"]
+    assert (test["dataset"] == "rosendahl").sum() == 2259
+    assert len(test) - 2259 < 20  # the few other-source images of lesions also seen at rosendahl
+    assert test["dx"].value_counts()["akiec"] >= 295
+    assert splits.lesions_in_several_splits(split) == []
+
+
 def test_split_rejects_bad_sizes(real_metadata):
     with pytest.raises(ValueError, match="sum < 1"):
         split_by_lesion(real_metadata, val_size=0.6, test_size=0.5)

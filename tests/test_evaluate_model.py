@@ -253,3 +253,20 @@ def test_unreadable_manifest_is_ignored_with_a_warning(tmp_path: Path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.warns(UserWarning, match="Ignoring unreadable run manifest"):
         assert modelio.read_manifest(tmp_path / "best.keras") == {}
+
+
+def test_held_out_clinic_run_is_evaluated_on_that_clinic(synthetic_dir: Path, tmp_path: Path):
+    """A run trained without one source is evaluated on exactly that source's images: the manifest records
+    the split and evaluation rebuilds it (not the lesion-aware default)."""
+    from train_utils import run_training
+
+    run = run_training(synthetic_dir, tmp_path, tmp_path / "run", epochs=1, held_out_source="rosendahl")
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    assert manifest["data"]["split"]["method"] == "source"
+    assert manifest["data"]["split"]["held_out"] == "rosendahl"
+    result = ev.evaluate_model(
+        run.best_model_path, synthetic_dir, split="test", out_dir=tmp_path, verbose=False
+    )
+    held_out = load_metadata(synthetic_dir, verbose=False).query("dataset == 'rosendahl'")
+    assert result.metrics["split_matches_training"] is True
+    assert sorted(result.frame["image_id"]) == sorted(held_out["image_id"])

@@ -18,7 +18,8 @@ from helpers.synthetic import class_counts, make_synthetic_dataset
 
 def test_layout_and_columns(synthetic_dir):
     meta = pd.read_csv(synthetic_dir / "HAM10000_metadata.csv")
-    assert list(meta.columns) == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    columns = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
+    assert list(meta.columns) == columns
     files = sorted(synthetic_dir.glob("HAM10000_images_part_*/*.jpg"))
     assert len(files) == len(meta) == 120
     assert {f.parent.name for f in files} == {"HAM10000_images_part_1", "HAM10000_images_part_2"}
@@ -26,6 +27,8 @@ def test_layout_and_columns(synthetic_dir):
         assert img.size == (600, 450) and img.mode == "RGB"
     assert meta["lesion_id"].nunique() < len(meta)  # several images per lesion
     assert meta.groupby("lesion_id")["dx"].nunique().max() == 1
+    assert meta.groupby("lesion_id")["dataset"].nunique().max() == 1  # a lesion comes from one clinic
+    assert set(meta["dataset"]) <= {"vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias"}
 
 
 def test_class_proportions_follow_real_set_with_floor():

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-images", type=int, default=None, help="stratified subset for quick runs")
+    parser.add_argument(
+        "--held-out-source", default=None, help="test on this source only, e.g. rosendahl (column 'dataset')"
+    )
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     parser.add_argument("--lr-patience", type=int, default=2, help="epochs before the learning rate is cut")
     parser.add_argument("--schedule", default="plateau", choices=SCHEDULES, help="learning-rate schedule")
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=args.run_dir,
             resume=not args.no_resume,
             max_images=args.max_images,
+            held_out_source=args.held_out_source,
             patience=args.patience,
             lr_patience=args.lr_patience,
             recipe=recipe,

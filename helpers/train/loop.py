@@ -18,7 +18,7 @@ from helpers.models import DEFAULT_MODEL, MIN_IMG_SIZE, MODEL_NAMES, build_model
 from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR
 from helpers.pipeline import make_dataset
 from helpers.plots.evaluation import plot_training_history
-from helpers.splits import class_weights, data_fingerprint, split_by_lesion, subsample
+from helpers.splits import class_weights, data_fingerprint, split_by_lesion, split_by_source, subsample
 from helpers.train.checkpoint import (
     CrashSafeCheckpoint,
     remove_temporaries,
@@ -116,6 +116,7 @@ def prepare_data(
     max_images: int | None = None,
     verbose: bool = True,
     metadata_csv: str | Path | None = None,
+    held_out_source: str | None = None,
 ) -> pd.DataFrame:
     """The metadata of the images to use, with a ``split`` column.
 
@@ -123,6 +124,9 @@ def prepare_data(
     (with ``metadata_csv``, or the CSV found there). A missing split is made by
     :func:`helpers.splits.split_by_lesion` with ``seed``; the split is computed on all images before
     ``max_images`` subsets them (:func:`helpers.splits.subsample`), so an image keeps its split.
+    ``held_out_source`` (e.g. ``"rosendahl"``) instead makes every image of that source (column ``dataset``)
+    the test split (:func:`helpers.splits.split_by_source`): a check of how the model carries over to a
+    clinic it never saw.
     """
     if df is None:
         df = load_metadata(data_dir, metadata_csv, verbose=verbose)
@@ -131,7 +135,9 @@ def prepare_data(
     missing = [c for c in ("image_id", "dx", "path") if c not in df.columns]
     if missing:
         raise ValueError(f"df lacks column(s) {missing}; pass the DataFrame returned by load_metadata.")
-    if "split" not in df.columns or df["split"].isna().any():
+    if held_out_source is not None:
+        df = split_by_source(df, held_out_source, seed=seed)
+    elif "split" not in df.columns or df["split"].isna().any():
         df = split_by_lesion(df, seed=seed)
     subset = subsample(df, max_images, seed)
     subset.attrs = dict(df.attrs)
@@ -164,6 +170,7 @@ def train(
     recipe: Recipe | str | None = None,
     figures_dir: str | Path | None = None,
     cache: bool | str | Path = True,
+    held_out_source: str | None = None,
     verbose: int = 1,
 ) -> TrainResult:
     """Train ``model_name`` on the train split, select on the validation split, and return the result.
@@ -183,7 +190,7 @@ def train(
     ``visualizations/<run_dir name>``. ``strategy`` (a ``tf.distribute`` strategy) builds and trains the model
     in its scope; ``batch_size`` is then the global batch. Seeds Python, NumPy and
     TensorFlow and turns on TensorFlow op determinism (process-wide), so the same seed and data give the
-    same weights on CPU.
+    same weights on CPU. ``held_out_source``: see :func:`prepare_data` (a held-out-clinic check).
     """
     arguments = dict(locals())  # the first statement: exactly the call's arguments
     _check_params(
@@ -205,7 +212,7 @@ def train(
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
-    data = prepare_data(data_dir, df, seed, max_images, verbose=verbose > 0)
+    data = prepare_data(data_dir, df, seed, max_images, verbose > 0, held_out_source=held_out_source)
     fingerprint = data_fingerprint(data)
     key = DEFAULT_MODEL if model_name == "default" else model_name
     optimiser = {

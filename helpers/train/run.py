@@ -116,6 +116,7 @@ def new_manifest(parameters: dict, df: pd.DataFrame, identity: dict, weights: di
                     for c in validation.get("corrupt_images", [])
                 ],
             },
+            "split": df.attrs.get("split"),
             "images": {s: int((df["split"] == s).sum()) for s in ("train", "val", "test")},
             "class_counts": {s: counts[s].to_dict() for s in counts.columns},
         },
