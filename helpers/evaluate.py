@@ -19,6 +19,7 @@ import pandas as pd
 from helpers.classes import CLASS_NAMES
 from helpers.data import load_metadata
 from helpers.explain import gradcam
+from helpers.export import representative_sample
 from helpers.files import atomic_write, json_ready, write_json
 from helpers.metrics import (
     calibration_report,
@@ -90,13 +91,14 @@ def training_split(df: pd.DataFrame, manifest: Mapping) -> tuple[pd.DataFrame, b
     A ``split`` column in the data is kept; otherwise the split recorded in the run's manifest is rebuilt
     (:func:`helpers.splits.make_split`: lesion-aware with the run's seed, or the held-out source), on all
     images before any ``max_images`` subset, as :func:`helpers.train.prepare_data` does. The match
-    is ``None`` without a manifest and ``False`` (with a warning) when the train and val rows differ from
-    training's; test rows added since (a withheld test split) leave it ``True``.
+    is ``None`` without a manifest or for an external test set (no train or val rows: nothing to compare)
+    and ``False`` (with a warning) when the train and val rows differ from training's; test rows added since
+    (a withheld test split) leave it ``True``.
     """
     seed = manifest.get("seed", DEFAULT_SPLIT_SEED)
     split_df = make_split(df, manifest.get("data", {}).get("split"), seed)
     expected = manifest.get("data", {}).get("fingerprint")
-    if not expected:
+    if not expected or not split_df["split"].isin(("train", "val")).any():
         return split_df, None
     trained_on = subsample(split_df, manifest.get("parameters", {}).get("max_images"), seed)
     matches = data_fingerprint(trained_on) == expected
@@ -276,3 +278,24 @@ def gradcam_examples(
         for row, p in zip(examples.itertuples(), confidence, strict=True)
     ]
     return images, heatmaps, titles
+
+
+def calibration_images(result: EvaluationResult, n: int) -> tuple[np.ndarray | None, str]:
+    """Up to ``n`` training images to calibrate an int8 export of ``result.model`` on, and where they came
+    from: the evaluated data's train split when it has one, else the training data named in the model's run
+    manifest (its folder and split), else ``None`` with the reason (an int8 export is then skipped).
+
+    An external test set (every row ``test``, or no split) is therefore never used to calibrate the model
+    it tests."""
+    if "split" in result.data.columns and (result.data["split"] == "train").any():
+        return representative_sample(result.data, result.img_size, n), "the evaluated data's train split"
+    manifest = read_manifest(result.metrics["model_path"])
+    source = manifest.get("data", {}).get("source")
+    if not source or not Path(source).is_dir():
+        reason = (
+            f"its training data ({source}) is not on this machine" if source else "it has no run manifest"
+        )
+        return None, f"int8 export skipped: no training images to calibrate on ({reason})."
+    csv = manifest.get("parameters", {}).get("metadata_csv")
+    trained = training_split(load_metadata(source, csv, verbose=False), manifest)[0]
+    return representative_sample(trained, result.img_size, n), f"the train split of {source}"

@@ -237,7 +237,7 @@ def export_report(
     images: np.ndarray,
     labels: Sequence | np.ndarray | None,
     out_dir: str | Path,
-    representative_images: np.ndarray,
+    representative_images: np.ndarray | None,
     runs: int = 50,
 ) -> pd.DataFrame:
     """Export float32/float16/int8 ``.tflite`` files into ``out_dir`` and compare them with the Keras model.
@@ -247,6 +247,7 @@ def export_report(
     and accuracy against ``labels`` (class ids or codes; NaN when None). Also written to
     ``out_dir/export_report.csv``. A model object is saved as ``out_dir/model.keras`` to measure its size
     (a compiled model's file includes its optimizer state). Latencies use each runtime's default threading.
+    Without ``representative_images`` (no training images to calibrate on) the int8 row is left out.
     """
     keras_model = load_keras_model(model)
     images = _check_images(images, model_input_size(keras_model), "images")
@@ -262,7 +263,8 @@ def export_report(
     rows = [
         _row("keras", keras_path, reference, reference, y, measure_latency(keras_model, runs)["median_ms"])
     ]
-    targets = {q: out_dir / f"model_{q}.tflite" for q in QUANTIZATIONS}
+    formats = [q for q in QUANTIZATIONS if q != "int8" or representative_images is not None]
+    targets = {q: out_dir / f"model_{q}.tflite" for q in formats}
     for quantization, path in _export(keras_model, targets, representative_images).items():
         interpreter = load_interpreter(path)
         probs = tflite_predict(interpreter, images)

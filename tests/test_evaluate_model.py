@@ -16,6 +16,7 @@ from helpers import evaluate as ev
 from helpers import metrics, modelio
 from helpers.classes import CLASS_NAMES
 from helpers.data import load_metadata
+from helpers.pipeline import load_images
 from helpers.splits import data_fingerprint, split_by_lesion
 
 IMG_SIZE = 32
@@ -270,3 +271,42 @@ def test_held_out_clinic_run_is_evaluated_on_that_clinic(synthetic_dir: Path, tm
     held_out = load_metadata(synthetic_dir, verbose=False).query("dataset == 'rosendahl'")
     assert result.metrics["split_matches_training"] is True
     assert sorted(result.frame["image_id"]) == sorted(held_out["image_id"])
+
+
+def _external_test_folder(synthetic_dir: Path, folder: Path) -> Path:
+    """The synthetic images as an external test set: every row has split 'test' (no train rows)."""
+    folder.mkdir()
+    meta = pd.read_csv(synthetic_dir / "HAM10000_metadata.csv").assign(split="test")
+    meta.to_csv(folder / "HAM10000_metadata.csv", index=False)
+    for part in synthetic_dir.glob("HAM10000_images_part_*"):
+        (folder / part.name).symlink_to(part, target_is_directory=True)
+    return folder
+
+
+def test_int8_calibration_of_an_external_test_set_uses_the_training_data(
+    run_dir: Path, synthetic_dir: Path, tmp_path: Path
+):
+    """Evaluating a folder whose rows are all 'test': calibration images come from the training data named
+    in the run manifest, never from the images under test; without it, int8 is skipped with the reason."""
+    external = _external_test_folder(synthetic_dir, tmp_path / "external")
+    model_dir = tmp_path / "model"
+    shutil.copytree(run_dir, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["data"]["source"] = str(synthetic_dir)
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    result = ev.evaluate_model(model_dir / "best.keras", external, out_dir=tmp_path / "out", verbose=False)
+    images, where = ev.calibration_images(result, n=10)
+    assert where == f"the train split of {synthetic_dir}"
+    trained = ev.training_split(load_metadata(synthetic_dir, verbose=False), manifest)[0]
+    train_ids = set(trained.loc[trained["split"] == "train", "image_id"])
+    assert images.shape == (10, IMG_SIZE, IMG_SIZE, 3)
+    expected = load_images(trained.loc[trained["split"] == "train", "path"].tolist(), IMG_SIZE, cache=False)
+    assert all(any(np.array_equal(image, known) for known in expected) for image in images)
+    assert len(train_ids) < len(result.frame)  # the external set is every image, the train split a part
+
+    (model_dir / "manifest.json").unlink()
+    result = ev.evaluate_model(model_dir / "best.keras", external, out_dir=tmp_path / "out2", verbose=False)
+    assert ev.calibration_images(result, n=10) == (
+        None,
+        "int8 export skipped: no training images to calibrate on (it has no run manifest).",
+    )

@@ -88,6 +88,13 @@ def test_report_table(report: pd.DataFrame) -> None:
     assert saved["format"].tolist() == report["format"].tolist()
 
 
+def test_report_without_calibration_images_leaves_int8_out(trained_model, data: dict, tmp_path: Path) -> None:
+    images = data["val_images"][:16]
+    table = export_report(trained_model, images, None, tmp_path, representative_images=None, runs=2)
+    assert table["format"].tolist() == ["keras", "tflite_float32", "tflite_float16"]
+    assert not (tmp_path / "model_int8.tflite").exists()
+
+
 def test_model_learned_something(report: pd.DataFrame) -> None:
     """Agreement is only meaningful when the model's predictions are not constant."""
     assert report.set_index("format").loc["keras", "accuracy"] > 1.5 / len(CLASS_NAMES)

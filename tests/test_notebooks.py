@@ -112,3 +112,33 @@ def test_notebook_01_runs_on_real_partial_download(ham_dir, tmp_path):
     assert "lesions present in more than one split: 0" in text
     assert "0.669496" in text  # always-nv accuracy on all 10,015 labelled rows
     assert len(list((tmp_path / "figures").glob("*.png"))) == 5
+
+
+@pytest.mark.slow
+def test_notebook_05_on_an_external_test_folder_runs_to_the_end(tmp_path):
+    """Every row of the evaluated folder is 'test' (an external set): the notebook must still run to the end,
+    its int8 export calibrated on the training data of notebook 04's run (after the parametrized runs)."""
+    from helpers.data import resolve_data_dir
+
+    source = resolve_data_dir("auto", verbose=False)
+    external = tmp_path / "external"
+    external.mkdir()
+    metadata = source / "HAM10000_metadata.csv"
+    lines = metadata.read_text().splitlines()
+    external.joinpath("HAM10000_metadata.csv").write_text(
+        "\n".join([lines[0] + ",split", *(line + ",test" for line in lines[1:])]) + "\n"
+    )
+    for part in source.glob("HAM10000_images_part_*"):
+        (external / part.name).symlink_to(part, target_is_directory=True)
+    output = tmp_path / "05_external.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "05_evaluate.ipynb"),
+        str(output),
+        parameters={"model_path": str(RUN_DIR / "best.keras"), "data_dir": str(external), "max_images": 60},
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+    )
+    text = _outputs_text(output)
+    assert "matches training split: None" in text
+    assert f"int8 calibration: the train split of {source}" in text
+    assert "tflite_int8" in text
