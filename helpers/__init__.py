@@ -6,7 +6,7 @@ circle; ``tests/test_package.py`` checks both):
     0 base        classes, paths, files            class codes, project folders, atomic writes and JSON
     1 data        download, synthetic, splits,     the official download, the offline default, splits and
                   data                             class weights; finding and validating CSVs and images
-    2 pipeline    pipeline                         decode once, cache uint8, augment, batch
+    2 pipeline    pipeline, shifts                 decode once, cache uint8, augment, batch; device shifts
     3 models      models, modelio                  architectures and cost; load/save, input size, predict
     4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
     5 figures     plots                            every figure (drawn from numbers, returns a Figure)
@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "splits": 1,
     "data": 1,
     "pipeline": 2,
+    "shifts": 2,
     "models": 3,
     "modelio": 3,
     "metrics": 4,

@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from helpers.classes import CLASS_NAMES
 from helpers.data import load_metadata
@@ -38,10 +39,14 @@ from helpers.modelio import (
 )
 from helpers.paths import VISUALIZATIONS_DIR
 from helpers.pipeline import load_images
+from helpers.shifts import SHIFTS, STRENGTHS, apply_shift
 from helpers.splits import data_fingerprint, make_split, subsample
 
 SPLIT_CHOICES: tuple[str, ...] = ("test", "val", "train", "all")
 """``split`` values of :func:`evaluate_model`; ``"all"`` is every image (e.g. an external test set)."""
+
+SHIFT_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_auc", "mel_sensitivity")
+"""Columns of :func:`shift_report`."""
 
 DEFAULT_SPLIT_SEED = 42
 """Seed of :func:`helpers.splits.split_by_lesion` when the run has no manifest (the training default)."""
@@ -299,3 +304,40 @@ def calibration_images(result: EvaluationResult, n: int) -> tuple[np.ndarray | N
     csv = manifest.get("parameters", {}).get("metadata_csv")
     trained = training_split(load_metadata(source, csv, verbose=False), manifest)[0]
     return representative_sample(trained, result.img_size, n), f"the train split of {source}"
+
+
+def shift_report(
+    model: keras.Model | str | Path,
+    df: pd.DataFrame,
+    split: str = "test",
+    strengths: tuple[str, ...] = STRENGTHS,
+    max_images: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    cache: bool | str | Path = True,
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """What a change of device may cost: ``model`` on the ``split`` images of ``df`` as they are and under
+    every shift of :data:`helpers.shifts.SHIFTS` (colour cast, brightness, gamma, the dermoscope's dark frame,
+    zoom in and out, JPEG re-compression, defocus) at each of ``strengths``.
+
+    One row per condition (``clean`` first, then shift and strength, then ``mean of shifts``) with accuracy,
+    balanced accuracy, macro AUC, melanoma sensitivity and ``relative_balanced_accuracy`` (balanced accuracy
+    over the clean figure). ``df`` is :func:`helpers.data.load_metadata` data with a split (e.g.
+    ``EvaluationResult.data``); ``max_images`` takes a class-stratified subset.
+    """
+    model = model if isinstance(model, keras.Model) else load_classifier(model)
+    frame = select_split(df, split, max_images, seed)
+    images = load_images(frame["path"].tolist(), model_input_size(model), cache, progress=verbose)
+    conditions = [("clean", "")] + [(name, s) for name in SHIFTS for s in strengths]
+    rows = []
+    for name, strength in tqdm(conditions, desc="Shifts", unit="condition", disable=not verbose):
+        shifted = images if name == "clean" else apply_shift(images, name, strength)
+        scores = compute_metrics(frame["dx"], keras_predict(model, shifted, batch_size), n_bootstrap=0)
+        rows.append({"shift": name, "strength": strength, **{k: scores[k] for k in SHIFT_METRICS}})
+    table = pd.DataFrame(rows)
+    mean = table.iloc[1:][list(SHIFT_METRICS)].mean()
+    table = pd.concat([table, pd.DataFrame([{"shift": "mean of shifts", "strength": "", **mean}])])
+    clean = table.iloc[0]["balanced_accuracy"]
+    table["relative_balanced_accuracy"] = table["balanced_accuracy"] / clean if clean else np.nan
+    return table.reset_index(drop=True)

@@ -53,6 +53,7 @@ EXPECTED_TEXT: dict[str, list[str]] = {
         "predictions shown",
         "tflite_int8",
         "sensitivity: mel",
+        "mean balanced accuracy under the shifts",
     ],
 }
 

@@ -25,7 +25,8 @@ from helpers.metrics import (
     per_class_auc,
     reliability_bins,
 )
-from helpers.plots.common import save_figure
+from helpers.plots.common import save_figure, subplots
+from helpers.shifts import SHIFTS, apply_shift
 
 _NORMALIZE_OPTIONS = ("both", "true", None)
 
@@ -242,5 +243,51 @@ def plot_gradcam_grid(
         ax.imshow(_fit_heatmap(heatmaps[i], *rgb.shape[:2]), cmap="jet", alpha=alpha, vmin=0, vmax=1)
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)
+    save_figure(fig, save_path)
+    return fig
+
+
+def plot_shift_report(table: pd.DataFrame, save_path: str | Path | None = None) -> Figure:
+    """Balanced accuracy under each shift of :func:`helpers.evaluate.shift_report` (bars: mild and strong),
+    against the clean figure (solid line) and 95% of it (dotted)."""
+    shifted = table[~table["shift"].isin(("clean", "mean of shifts"))]
+    clean = float(table.loc[table["shift"] == "clean", "balanced_accuracy"].iloc[0])
+    names = list(dict.fromkeys(shifted["shift"]))
+    strengths = list(dict.fromkeys(shifted["strength"]))
+    fig, ax = subplots(1, 1, figsize=(8, 0.45 * len(names) + 1.2))
+    height = 0.8 / len(strengths)
+    for i, strength in enumerate(strengths):
+        rows = shifted[shifted["strength"] == strength].set_index("shift")
+        values = rows.reindex(names)["balanced_accuracy"]
+        y = np.arange(len(names)) + (i - (len(strengths) - 1) / 2) * height
+        ax.barh(y, values, height, label=strength)
+    ax.axvline(clean, color="black", label=f"clean ({clean:.3f})")
+    ax.axvline(0.95 * clean, color="black", linestyle=":", label="95% of clean")
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("balanced accuracy")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("What a change of device may cost")
+    save_figure(fig, save_path)
+    return fig
+
+
+def plot_shift_examples(
+    image: np.ndarray, strength: str = "strong", save_path: str | Path | None = None
+) -> Figure:
+    """One uint8 image as it is and under every shift of :data:`helpers.shifts.SHIFTS` at ``strength``."""
+    views = [("clean", np.asarray(image))] + [
+        (name, apply_shift(np.asarray(image)[np.newaxis], name, strength)[0]) for name in SHIFTS
+    ]
+    cols = 5
+    fig, axes = subplots(
+        math.ceil(len(views) / cols), cols, figsize=(2.2 * cols, 2.4 * math.ceil(len(views) / cols))
+    )
+    for ax, (name, view) in zip(axes.flat, views, strict=False):
+        ax.imshow(view)
+        ax.set_title(name if name == "clean" else f"{name} ({strength})", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
     save_figure(fig, save_path)
     return fig
