@@ -19,7 +19,14 @@ from tqdm import tqdm
 
 from helpers.classes import CLASS_NAMES
 from helpers.data import load_metadata
-from helpers.explain import gradcam
+from helpers.explain import (
+    background_ratio,
+    centred_blob,
+    energy_inside,
+    gradcam,
+    gradcam_maps,
+    pointing_hit,
+)
 from helpers.export import representative_sample
 from helpers.files import atomic_write, json_ready, write_json
 from helpers.metrics import (
@@ -38,7 +45,7 @@ from helpers.modelio import (
     resolve_model_path,
 )
 from helpers.paths import VISUALIZATIONS_DIR
-from helpers.pipeline import load_images
+from helpers.pipeline import load_images, load_masks
 from helpers.shifts import SHIFTS, STRENGTHS, apply_shift
 from helpers.splits import data_fingerprint, make_split, subsample
 
@@ -341,3 +348,175 @@ def shift_report(
     clean = table.iloc[0]["balanced_accuracy"]
     table["relative_balanced_accuracy"] = table["balanced_accuracy"] / clean if clean else np.nan
     return table.reset_index(drop=True)
+
+
+POINTING_TOLERANCE = 0.04
+"""The pointing game's tolerance band: a heatmap peak within this fraction of the image side from the lesion
+(5 px at 128 px) still counts as a hit, as the coarse Grad-CAM grid cannot place its peak more finely."""
+
+EXPLANATION_COLUMNS: tuple[str, ...] = (
+    "pointing_game",
+    "energy_inside",
+    "background_ratio",
+    "n_images",
+    "baseline_pointing_game",
+    "baseline_energy_inside",
+    "pointing_game_correct",
+    "energy_inside_correct",
+    "n_correct",
+    "pointing_game_wrong",
+    "energy_inside_wrong",
+    "n_wrong",
+)
+"""Columns of :func:`explanation_report`."""
+
+
+@dataclass
+class Explanations:
+    """Per image of :func:`explain_split`: rows, images, Grad-CAM heatmaps (predicted class), lesion masks and
+    the predicted class ids; ``skipped`` counts the images left out, by reason."""
+
+    frame: pd.DataFrame
+    images: np.ndarray = field(repr=False)
+    heatmaps: np.ndarray = field(repr=False)
+    masks: np.ndarray = field(repr=False)
+    predicted: np.ndarray
+    skipped: dict[str, int]
+
+
+def explain_split(
+    model: keras.Model | str | Path,
+    df: pd.DataFrame,
+    split: str = "test",
+    max_images: int | None = None,
+    seed: int = 0,
+    layer_name: str | None = None,
+    cache: bool | str | Path = True,
+    verbose: bool = True,
+) -> Explanations:
+    """Grad-CAM of the predicted class for every image of ``split`` that has a usable lesion mask.
+
+    Images without a mask, and masks with no lesion pixel or no background pixel (nothing to point at or
+    away from), are left out and counted in ``skipped``; ValueError when no image is left. The network inside
+    a predictor is explained."""
+    model = model if isinstance(model, keras.Model) else load_classifier(model)
+    frame = select_split(df, split, max_images, seed)
+    has_mask = frame["mask_path"].notna() if "mask_path" in frame.columns else pd.Series(False, frame.index)
+    size = model_input_size(model)
+    masks = (
+        load_masks(frame.loc[has_mask, "mask_path"].tolist(), size, cache, verbose)
+        if has_mask.any()
+        else None
+    )
+    lesion = masks.mean(axis=(1, 2)) if masks is not None else np.zeros(0)
+    skipped = {
+        "no mask": int((~has_mask).sum()),
+        "empty mask": int((lesion == 0).sum()),
+        "mask covers everything": int((lesion == 1).sum()),
+    }
+    usable = (lesion > 0) & (lesion < 1)
+    if not usable.any():
+        raise ValueError(
+            f"No {split} image has a usable lesion mask ({skipped}); put the masks "
+            "(<image_id>_segmentation.png, e.g. in HAM10000_segmentations_lesion_tschandl/) below the data "
+            "folder and load it again."
+        )
+    frame = frame[has_mask].reset_index(drop=True)[usable].reset_index(drop=True)
+    images = load_images(frame["path"].tolist(), size, cache, progress=verbose)
+    predicted = keras_predict(model, images).argmax(axis=1)
+    heatmaps = gradcam_maps(model, images, predicted, layer_name)
+    return Explanations(frame, images, heatmaps, masks[usable], predicted, skipped)
+
+
+def explanation_report(
+    model: keras.Model | str | Path,
+    df: pd.DataFrame,
+    split: str = "test",
+    max_images: int | None = None,
+    tolerance: float = POINTING_TOLERANCE,
+    layer_name: str | None = None,
+    cache: bool | str | Path = True,
+    verbose: bool = True,
+) -> pd.DataFrame:
+    """Does the model look at the lesion? Grad-CAM (predicted class) against the official lesion masks on the
+    ``split`` images of ``df`` (needs a ``mask_path`` column: :func:`helpers.data.load_metadata` attaches it).
+
+    Per true class and ``overall``: ``pointing_game`` (share of images whose heatmap maximum lies in the
+    lesion, or within ``tolerance`` x the image side of it), ``energy_inside`` (mean share of the heatmap mass
+    inside the lesion), ``background_ratio`` (median over images of the mean activation outside the lesion
+    over the mean inside, as in Tschandl et al., Nat. Med. 2020), the same pointing and energy figures for
+    correct and for wrong predictions, and the baseline of a centred Gaussian blob of the masks' mean size
+    (``baseline_pointing_game``, ``baseline_energy_inside``), which scores well only because lesions tend to
+    be centred. ``attrs``: ``skipped`` (images without a usable mask, by reason) and ``tolerance_px``.
+    """
+    explained = explain_split(
+        model, df, split, max_images, layer_name=layer_name, cache=cache, verbose=verbose
+    )
+    table = explanation_table(explained, tolerance)
+    table.attrs["skipped"] = explained.skipped
+    return table
+
+
+def explanation_table(explained: Explanations, tolerance: float = POINTING_TOLERANCE) -> pd.DataFrame:
+    """The table of :func:`explanation_report` from :func:`explain_split`'s heatmaps and masks."""
+    tolerance_px = tolerance * explained.masks.shape[1]
+    blob = centred_blob(explained.masks.shape[1], float(explained.masks.mean()))
+    per_image = pd.DataFrame(
+        [
+            _image_scores(heatmap, mask, blob, tolerance_px)
+            for heatmap, mask in zip(explained.heatmaps, explained.masks, strict=True)
+        ]
+    )
+    per_image["dx"] = explained.frame["dx"].to_numpy()
+    per_image["correct"] = explained.predicted == label_ids(explained.frame["dx"])
+    groups = {name: per_image[per_image["dx"] == name] for name in CLASS_NAMES} | {"overall": per_image}
+    table = pd.DataFrame([_explanation_row(rows) for rows in groups.values()], index=list(groups))
+    table.index.name = "class"
+    table.attrs["tolerance_px"] = tolerance_px
+    return table[list(EXPLANATION_COLUMNS)]
+
+
+def _image_scores(heatmap: np.ndarray, mask: np.ndarray, blob: np.ndarray, tolerance_px: float) -> dict:
+    return {
+        "hit": float(pointing_hit(heatmap, mask, tolerance_px)),
+        "energy": energy_inside(heatmap, mask),
+        "ratio": background_ratio(heatmap, mask),
+        "baseline_hit": float(pointing_hit(blob, mask, tolerance_px)),
+        "baseline_energy": energy_inside(blob, mask),
+    }
+
+
+def _explanation_row(rows: pd.DataFrame) -> dict:
+    correct, wrong = rows[rows["correct"]], rows[~rows["correct"]]
+    return {
+        "pointing_game": rows["hit"].mean(),
+        "energy_inside": rows["energy"].mean(),
+        "background_ratio": rows["ratio"].median(),
+        "n_images": len(rows),
+        "baseline_pointing_game": rows["baseline_hit"].mean(),
+        "baseline_energy_inside": rows["baseline_energy"].mean(),
+        "pointing_game_correct": correct["hit"].mean(),
+        "energy_inside_correct": correct["energy"].mean(),
+        "n_correct": len(correct),
+        "pointing_game_wrong": wrong["hit"].mean(),
+        "energy_inside_wrong": wrong["energy"].mean(),
+        "n_wrong": len(wrong),
+    }
+
+
+def worst_explanations(
+    explained: Explanations, n: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The ``n`` images whose Grad-CAM puts the least of its mass on the lesion: images, heatmaps, masks and
+    titles (image id, true and predicted class, energy inside), for :func:`helpers.plots.evaluation.
+    plot_gradcam_grid` with ``masks``."""
+    require_positive_int(n, "n")
+    energy = np.array([energy_inside(h, m) for h, m in zip(explained.heatmaps, explained.masks, strict=True)])
+    order = np.argsort(np.nan_to_num(energy, nan=-1.0), kind="stable")[:n]
+    titles = [
+        f"{explained.frame.at[i, 'image_id']}\ntrue {explained.frame.at[i, 'dx']}, predicted "
+        f"{CLASS_NAMES[explained.predicted[i]]}; inside {energy[i]:.2f}"
+        for i in order
+    ]
+    return explained.images[order], explained.heatmaps[order], explained.masks[order], titles
+

@@ -105,12 +105,37 @@ def decode_image(path: str | Path, img_size: int) -> np.ndarray:
         ) from err
 
 
-def _decode_all(paths: Sequence[str], img_size: int, workers: int, progress: bool) -> np.ndarray:
+def decode_mask(path: str | Path, img_size: int) -> np.ndarray:
+    """Decode one lesion mask to a uint8 ``(img_size, img_size)`` array of 0 (background) and 255 (lesion).
+
+    The mask is resized exactly as :func:`decode_image` resizes its image (squashed to the square, bilinear),
+    whatever its own size, then thresholded at 128 (the official masks are 0/255; scaled ones are
+    anti-aliased). Raises ValueError naming the file when it cannot be decoded."""
+    img_size = _check_positive_int(img_size, "img_size")
+    try:
+        with Image.open(path) as im:
+            grey = (
+                ImageOps.exif_transpose(im)
+                .convert("L")
+                .resize((img_size, img_size), Image.Resampling.BILINEAR)
+            )
+            return np.where(np.asarray(grey) >= 128, 255, 0).astype(np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Mask file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"Cannot decode lesion mask {path}: {err}. Replace the file or remove it.") from err
+
+
+def _decode_all(
+    paths: Sequence[str], img_size: int, workers: int, progress: bool, decoder: Callable = decode_image
+) -> np.ndarray:
     """Decode ``paths`` into one preallocated uint8 array, using a thread pool (Pillow releases the GIL)."""
-    out = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
-    bar = tqdm(total=len(paths), desc=f"Decoding images to {img_size}px", unit="img", disable=not progress)
+    shape = (img_size, img_size, 3) if decoder is decode_image else (img_size, img_size)
+    out = np.empty((len(paths), *shape), dtype=np.uint8)
+    what = "images" if decoder is decode_image else "masks"
+    bar = tqdm(total=len(paths), desc=f"Decoding {what} to {img_size}px", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=workers) as pool, bar:
-        for i, arr in enumerate(pool.map(lambda p: decode_image(p, img_size), paths)):
+        for i, arr in enumerate(pool.map(lambda p: decoder(p, img_size), paths)):
             out[i] = arr
             bar.update()
     return out
@@ -185,20 +210,26 @@ def _cache_fits(path: Path, n_bytes: int) -> bool:
 
 
 def _load_unique(
-    paths: Sequence[str], img_size: int, cache: bool | str | Path, workers: int | None, progress: bool
+    paths: Sequence[str],
+    img_size: int,
+    cache: bool | str | Path,
+    workers: int | None,
+    progress: bool,
+    decoder: Callable = decode_image,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(images, rows)``: uint8 images of the sorted unique paths, and each input path's row in them."""
+    """``(images, rows)``: uint8 images (or masks, with :func:`decode_mask`) of the sorted unique paths, and
+    each input path's row in them."""
     unique, rows = np.unique(np.asarray(paths, dtype=str), return_inverse=True)
     target = cache_file(unique, img_size, cache)
     budget = cache_budget() if target is not None else None  # a bad DERM_CACHE_MAX_GB fails before decoding
-    shape = (len(unique), img_size, img_size, 3)
+    shape = (len(unique), img_size, img_size, *((3,) if decoder is decode_image else ()))
     images = _read_cache(target, shape) if target is not None else None
     if images is None:
         if target is not None:
             remove_stale_temporaries(target.parent)  # left by writers that were killed
             target = target if _cache_fits(target, int(np.prod(shape))) else None
         workers = workers or min(os.cpu_count() or 1, 8)
-        images = _decode_all(list(unique), img_size, workers, progress)
+        images = _decode_all(list(unique), img_size, workers, progress, decoder)
         if target is not None:
             _write_cache(target, images)
             prune_cache(target.parent, budget, keep=target)
@@ -272,6 +303,18 @@ def load_images(
     return images if np.array_equal(rows, np.arange(len(rows))) else images[rows]
 
 
+def load_masks(
+    paths: Sequence[str | Path], img_size: int, cache: bool | str | Path = True, progress: bool = True
+) -> np.ndarray:
+    """Lesion masks as booleans ``(len(paths), img_size, img_size)`` (True: lesion), each resized exactly as
+    its image is (:func:`decode_mask`), via the same disk cache as the images. Masks are never images."""
+    img_size = _check_positive_int(img_size, "img_size")
+    if len(paths) == 0:
+        raise ValueError("load_masks got no paths.")
+    masks, rows = _load_unique([str(p) for p in paths], img_size, cache, None, progress, decode_mask)
+    return masks[rows] > 0
+
+
 # --------------------------------------------------------------------------------------------- augmentation
 def augment_images(
     images: tf.Tensor | np.ndarray, seed: tf.Tensor | Sequence[int], config: AugmentConfig | None = None
@@ -279,13 +322,15 @@ def augment_images(
     """Randomly augment a batch ``(B, S, S, 3)`` (or one image ``(S, S, 3)``) of 0..255 pixels; float32 out.
 
     Each image gets its own draw from stateless random ops keyed by ``seed`` (two integers), so the same seed
-    gives the same result. The work is XLA-compiled (fused), which keeps it far cheaper than training.
+    gives the same result. The work is XLA-compiled (fused), which keeps it far cheaper than training. A
+    fourth channel (a lesion mask, 0..255) gets the same geometric changes as its image and no colour ones.
     """
     x = tf.convert_to_tensor(images)
     x = x if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
-    if x.shape.rank not in (3, 4) or x.shape[-1] != 3 or x.shape[-2] != x.shape[-3]:
+    if x.shape.rank not in (3, 4) or x.shape[-1] not in (3, 4) or x.shape[-2] != x.shape[-3]:
         raise ValueError(
-            f"augment_images expects square RGB images (B, S, S, 3) or (S, S, 3), got {x.shape}."
+            f"augment_images expects square RGB images (B, S, S, 3) or (S, S, 3) (a 4th channel: a mask), "
+            f"got {x.shape}."
         )
     config = config or AugmentConfig()
     fn = _compiled_augment(rotate=bool(config.rotation_degrees))
@@ -318,13 +363,14 @@ def _augment(x: tf.Tensor, seed: tf.Tensor, strengths: tf.Tensor, rotate: bool) 
         x = _where(flips[:, 0], tf.transpose(x, [0, 2, 1, 3]), x)
         x = _where(flips[:, 1], tf.reverse(x, axis=[2]), x)
         x = _where(flips[:, 2], tf.reverse(x, axis=[1]), x)
+    x, carried = x[..., :3], x[..., 3:]  # a mask channel gets the geometry only
     colour = tf.random.stateless_uniform([batch, 3], colour_seed, minval=-1.0, maxval=1.0)
     x = x + _per_image(brightness * colour[:, 0])
     mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     x = (x - mean) * _per_image(1.0 + contrast * colour[:, 1]) + mean
     gray = tf.reduce_sum(x * tf.constant(_LUMA), axis=-1, keepdims=True)
     x = (x - gray) * _per_image(1.0 + saturation * colour[:, 2]) + gray
-    return tf.clip_by_value(x, 0.0, 255.0)
+    return tf.concat([tf.clip_by_value(x, 0.0, 255.0), carried], axis=-1)
 
 
 def _per_image(v: tf.Tensor) -> tf.Tensor:
@@ -355,10 +401,12 @@ def _rotate(x: tf.Tensor, angles: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
     wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]
     x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
     x1, y1 = tf.minimum(x0 + 1, s - 1), tf.minimum(y0 + 1, s - 1)
-    flat = tf.reshape(x, [b, s * s, 3])
+    channels = x.shape[-1]
+    flat = tf.reshape(x, [b, s * s, channels])
 
     def pick(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(tf.gather(flat, tf.reshape(yi * s + xi, [b, -1]), batch_dims=1), [b, s, s, 3])
+        indices = tf.reshape(yi * s + xi, [b, -1])
+        return tf.reshape(tf.gather(flat, indices, batch_dims=1), [b, s, s, channels])
 
     top = pick(y0, x0) * (1.0 - wx) + pick(y0, x1) * wx
     bottom = pick(y1, x0) * (1.0 - wx) + pick(y1, x1) * wx
@@ -383,6 +431,7 @@ def make_dataset(
     augment: bool | AugmentConfig | None = None,
     workers: int | None = None,
     progress: bool = True,
+    with_masks: bool = False,
 ) -> tf.data.Dataset:
     """Batched ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` for the rows of ``df``.
 
@@ -392,6 +441,10 @@ def make_dataset(
     ``training=False`` keeps the row order of ``df``. Training drops the last partial batch (so every step has
     the same shape); evaluation keeps every row. Shuffle order and augmentations are reproducible for a given
     ``seed`` (and TF global seed, if one is set).
+
+    ``with_masks=True`` (every row needs a ``mask_path``) yields dicts ``{"image", "mask", "label"}`` instead:
+    each lesion mask (bool ``(S, S)``) resized and geometrically augmented exactly as its image (not for
+    ``fit``; for studying where a model looks).
     """
     img_size = _check_positive_int(img_size, "img_size")
     batch_size = _check_positive_int(batch_size, "batch_size")
@@ -400,12 +453,20 @@ def make_dataset(
     images, rows = _load_unique(df["path"].astype(str).tolist(), img_size, cache, workers, progress)
     pixels = tf.constant(images)
     del images
+    masks = (
+        tf.constant(_masks_of(df, img_size, cache, progress).astype(np.uint8) * 255) if with_masks else None
+    )
 
-    ds = tf.data.Dataset.from_tensor_slices((rows, labels))
+    ds = tf.data.Dataset.from_tensor_slices((rows, labels, np.arange(len(rows), dtype=np.int32)))
     if training:
         ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=training and len(rows) >= batch_size)
-    ds = ds.map(lambda r, y: (tf.gather(pixels, r), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def gather(r: tf.Tensor, y: tf.Tensor, i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = tf.gather(pixels, r)
+        return (x if masks is None else tf.concat([x, tf.gather(masks, i)[..., None]], axis=-1)), y
+
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     if config is None:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     else:
@@ -414,7 +475,20 @@ def make_dataset(
             lambda batch, s: (augment_images(batch[0], s, config), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if masks is not None:
+        ds = ds.map(lambda x, y: {"image": x[..., :3], "mask": x[..., 3] > 127.5, "label": y})
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _masks_of(df: pd.DataFrame, img_size: int, cache: bool | str | Path, progress: bool) -> np.ndarray:
+    """The lesion masks of every row of ``df``; ValueError naming the rows without one."""
+    if "mask_path" not in df.columns or df["mask_path"].isna().any():
+        rows = df.index[df["mask_path"].isna()].tolist()[:5] if "mask_path" in df.columns else "all"
+        raise ValueError(
+            f"with_masks=True needs a lesion mask for every row; rows without one: {rows}. Put the masks "
+            "(<image_id>_segmentation.png) below the data folder, or keep only rows with a mask_path."
+        )
+    return load_masks(df["mask_path"].astype(str).tolist(), img_size, cache, progress)
 
 
 def make_split_datasets(

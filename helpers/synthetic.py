@@ -32,6 +32,8 @@ REAL_SHARES = {
     "nv": 0.669,
     "vasc": 0.014,
 }
+MASK_DIR = "HAM10000_segmentations_lesion_tschandl"
+"""The Dataverse folder name of the lesion masks (``<image_id>_segmentation.png``)."""
 MIN_SHARE = 0.05
 _STAMP = "synthetic.json"
 
@@ -50,7 +52,7 @@ _AGE_MEAN = {"akiec": 67, "bcc": 66, "bkl": 59, "df": 52, "mel": 61, "nv": 43, "
 _DX_TYPE = {"mel": "histo", "bcc": "histo", "akiec": "histo", "df": "consensus", "vasc": "consensus"}
 _SOURCES = {"vidir_molemax": 0.40, "vidir_modern": 0.33, "rosendahl": 0.22, "vienna_dias": 0.05}
 """The Dataverse metadata's ``dataset`` column (source clinic) with HAM10000's shares, drawn per lesion."""
-_VERSION = 2  # 2: the dataset column
+_VERSION = 3  # 2: the dataset column; 3: lesion masks
 _SITES = ["back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "chest", "scalp", "neck"]
 
 
@@ -67,9 +69,10 @@ def make_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES
     """Write a synthetic dataset in the HAM10000 layout and return its folder.
 
     ``out_dir/HAM10000_metadata.csv`` (columns ``lesion_id, image_id, dx, dx_type, age, sex, localization,
-    dataset``, as the Dataverse file)
-    and 600×450 JPEGs split over ``HAM10000_images_part_1/`` and ``HAM10000_images_part_2/``. Deterministic
-    for a seed. The folder is built aside and moved into place: an interrupted run leaves nothing half-made.
+    dataset``, as the Dataverse file), 600×450 JPEGs split over ``HAM10000_images_part_1/`` and
+    ``HAM10000_images_part_2/``, and each image's lesion mask in ``HAM10000_segmentations_lesion_tschandl/``
+    (the lesion as drawn: white on black). Deterministic for a seed. The folder is built aside and moved into
+    place: an interrupted run leaves nothing half-made.
     """
     if not isinstance(n_images, int) or n_images < 30:
         raise ValueError(f"n_images must be an int ≥ 30, got {n_images!r}.")
@@ -80,8 +83,8 @@ def make_synthetic_dataset(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES
     _add_sources(rows, np.random.default_rng([seed, 1]))  # its own stream: the images do not change
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
         work = Path(tmp) / "dataset"
-        for part in (1, 2):
-            (work / f"HAM10000_images_part_{part}").mkdir(parents=True)
+        for folder in ("HAM10000_images_part_1", "HAM10000_images_part_2", MASK_DIR):
+            (work / folder).mkdir(parents=True)
         lesion_params: dict[str, dict] = {}
         jobs = []
         for i, row in enumerate(rows):
@@ -123,7 +126,9 @@ def _add_sources(rows: list[dict], rng: np.random.Generator) -> None:
 
 
 def _write_image(dx: str, params: dict, seed: int, path: Path) -> None:
-    draw_lesion(dx, params, np.random.default_rng(seed)).save(path, quality=90)
+    image, mask = _draw(dx, params, np.random.default_rng(seed))
+    image.save(path, quality=90)
+    mask.save(path.parent.parent / MASK_DIR / f"{path.stem}_segmentation.png")
 
 
 def _metadata_rows(counts: dict[str, int], rng: np.random.Generator) -> list[dict]:
@@ -172,6 +177,11 @@ def _lesion_params(dx: str, rng: np.random.Generator) -> dict:
 
 def draw_lesion(dx: str, params: dict, rng: np.random.Generator) -> Image.Image:
     """One photograph of a lesion: skin, the lesion blob with its class's structures, vignette, noise."""
+    return _draw(dx, params, rng)[0]
+
+
+def _draw(dx: str, params: dict, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """:func:`draw_lesion`'s photograph and its lesion mask (8-bit, 255 inside the drawn border)."""
     w, h = _DRAW_SIZE
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # float32 halves the work; 8-bit output needs no more
     cx, cy = w / 2 + rng.normal(0, w * 0.05), h / 2 + rng.normal(0, h * 0.05)
@@ -199,7 +209,8 @@ def draw_lesion(dx: str, params: dict, rng: np.random.Generator) -> Image.Image:
     )
     img = img * vignette * rng.uniform(0.9, 1.1) + 4 * rng.standard_normal(img.shape, dtype=np.float32)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
-    return out.resize(IMAGE_SIZE, Image.BILINEAR)
+    mask = Image.fromarray(np.where(inside[..., 0] >= 0.5, 255, 0).astype(np.uint8))
+    return out.resize(IMAGE_SIZE, Image.BILINEAR), mask.resize(IMAGE_SIZE, Image.NEAREST)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:

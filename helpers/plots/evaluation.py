@@ -220,10 +220,14 @@ def plot_gradcam_grid(
     alpha: float = 0.45,
     ncols: int = 4,
     save_path: str | Path | None = None,
+    masks: Sequence[np.ndarray] | None = None,
 ) -> Figure:
-    """Each image with its heatmap (min-max scaled, resized to the image) overlaid in a colour map."""
+    """Each image with its heatmap (min-max scaled, resized to the image) overlaid in a colour map; with
+    ``masks`` (bool, the image's size) the lesion's outline is drawn on it in white."""
     if len(images) == 0:
         raise ValueError("images is empty: pass at least one image.")
+    if masks is not None and len(masks) != len(images):
+        raise ValueError(f"got {len(images)} images and {len(masks)} masks; counts must match.")
     if len(heatmaps) != len(images) or (titles is not None and len(titles) != len(images)):
         n_titles = "no" if titles is None else len(titles)
         raise ValueError(
@@ -241,6 +245,8 @@ def plot_gradcam_grid(
         rgb = _as_rgb(images[i])
         ax.imshow(rgb)
         ax.imshow(_fit_heatmap(heatmaps[i], *rgb.shape[:2]), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        if masks is not None and np.any(masks[i]) and not np.all(masks[i]):
+            ax.contour(np.asarray(masks[i], dtype=float), levels=[0.5], colors="white", linewidths=1.5)
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)
     save_figure(fig, save_path)
