@@ -519,4 +519,3 @@ def worst_explanations(
         for i in order
     ]
     return explained.images[order], explained.heatmaps[order], explained.masks[order], titles
-
