@@ -54,6 +54,7 @@ EXPECTED_TEXT: dict[str, list[str]] = {
         "tflite_int8",
         "sensitivity: mel",
         "mean balanced accuracy under the shifts",
+        "baseline_pointing_game",
     ],
 }
 
