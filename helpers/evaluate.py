@@ -515,7 +515,8 @@ def worst_explanations(
     order = np.argsort(np.nan_to_num(energy, nan=-1.0), kind="stable")[:n]
     titles = [
         f"{explained.frame.at[i, 'image_id']}\ntrue {explained.frame.at[i, 'dx']}, predicted "
-        f"{CLASS_NAMES[explained.predicted[i]]}; inside {energy[i]:.2f}"
+        f"{CLASS_NAMES[explained.predicted[i]]}; "
+        + (f"inside {energy[i]:.2f}" if np.isfinite(energy[i]) else "heatmap all zero")
         for i in order
     ]
     return explained.images[order], explained.heatmaps[order], explained.masks[order], titles
