@@ -3,9 +3,11 @@
 Modules in layers; a module imports only from its own layer or the ones above it in this list (never in a
 circle; ``tests/test_package.py`` checks both):
 
-    0 base        classes, paths, files            class codes, project folders, atomic writes and JSON
+    0 base        classes, paths, files            class codes and body sites, project folders, atomic
+                                                   writes and JSON
     1 data        download, synthetic, splits,     the official download, the offline default, splits and
-                  data                             class weights; finding and validating CSVs and images
+                  clinical, data                   class weights, age/sex/site encoding; finding and
+                                                   validating CSVs and images
     2 pipeline    pipeline, shifts                 decode once, cache uint8, augment, batch; device shifts
     3 models      models, modelio                  architectures and cost; load/save, input size, predict
     4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
@@ -27,6 +29,7 @@ LAYERS: dict[str, int] = {
     "download": 1,
     "synthetic": 1,
     "splits": 1,
+    "clinical": 1,
     "data": 1,
     "pipeline": 2,
     "shifts": 2,

@@ -1,4 +1,5 @@
-"""The seven HAM10000 diagnostic classes, in the one order every module uses."""
+"""The seven HAM10000 diagnostic classes, in the one order every module uses, and the values of the patient
+metadata a model may take as input (sex, body site)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,24 @@ CLASS_FULL_NAMES: dict[str, str] = {
 NUM_CLASSES: int = len(CLASS_NAMES)
 CLASS_TO_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
 MELANOMA: str = "mel"
+
+SEXES: tuple[str, ...] = ("male", "female", "unknown")
+"""Values of the metadata's ``sex`` column, in encoding order (:mod:`helpers.clinical`)."""
+
+BODY_SITES: tuple[str, ...] = (
+    "abdomen",
+    "acral",
+    "back",
+    "chest",
+    "ear",
+    "face",
+    "foot",
+    "genital",
+    "hand",
+    "lower extremity",
+    "neck",
+    "scalp",
+    "trunk",
+    "upper extremity",
+)
+"""HAM10000's body sites (the metadata's ``localization``; ``unknown`` is encoded as missing)."""

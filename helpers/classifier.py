@@ -24,11 +24,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
+from helpers.clinical import encode_metadata
 from helpers.metrics import fit_prior_shift, label_ids, prior_shift_weights, selection_score
-from helpers.modelio import predict_images
-from helpers.models import check_views, dihedral_view, predictor
+from helpers.modelio import model_inputs, predict_images
+from helpers.models import IMAGE_INPUT, check_views, dihedral_view, predictor, uses_metadata
 from helpers.pipeline import load_images
 from helpers.splits import class_weights
+
+CONSTANT_FEATURE_STD = 1e-3
+"""A feature whose spread over the training images is below this fraction of the largest spread is treated
+as constant by :func:`retrain_classifier` (its weights are 0)."""
 
 CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
 """Strengths tried by :func:`fit_classifier`: balanced class weights raised to this power (on DermaMNIST
@@ -46,7 +51,19 @@ def feature_model(model: keras.Model, pooled: Sequence[str] = ()) -> keras.Model
         )
     outputs = [head.input] + [_pooled_output(model, name) for name in pooled]
     features = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(name="features")(outputs)
-    return keras.Model(model.input, features, name=f"{model.name}_features")
+    return keras.Model(_inputs(model), features, name=f"{model.name}_features")
+
+
+def _inputs(model: keras.Model):
+    return model.inputs if len(model.inputs) > 1 else model.inputs[0]
+
+
+def dihedral_inputs(inputs, view: int):
+    """View ``view`` of the images in ``inputs`` (an image array, or a metadata model's ``{"image",
+    "metadata"}`` dict, whose metadata stays as it is)."""
+    if isinstance(inputs, dict):
+        return {**inputs, IMAGE_INPUT: dihedral_view(np.asarray(inputs[IMAGE_INPUT], np.float32), view)}
+    return dihedral_view(np.asarray(inputs, dtype=np.float32), view)
 
 
 def _pooled_output(model: keras.Model, name: str):
@@ -61,13 +78,20 @@ def _pooled_output(model: keras.Model, name: str):
     return keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(layers[name].output)
 
 
-def view_features(
-    features: keras.Model, images: np.ndarray, views: int = 8, batch_size: int = 256
-) -> np.ndarray:
-    """Features of the first ``views`` dihedral views of ``images``: shape ``(views, n, d)``."""
+def view_features(features: keras.Model, images, views: int = 8, batch_size: int = 256) -> np.ndarray:
+    """Features of the first ``views`` dihedral views of ``images`` (an array, or a metadata model's
+    ``{"image", "metadata"}`` dict): shape ``(views, n, d)``."""
     views = check_views(views)
-    x = np.asarray(images, dtype=np.float32)
-    return np.stack([predict_images(features, dihedral_view(x, v), batch_size) for v in range(views)])
+    return np.stack([predict_images(features, dihedral_inputs(images, v), batch_size) for v in range(views)])
+
+
+def standardising_scale(std: np.ndarray) -> np.ndarray:
+    """What :func:`retrain_classifier` divides each feature by: its spread ``std``, or ``inf`` (the feature is
+    left out, its weights 0) for a (nearly) constant feature, whose spread is below
+    :data:`CONSTANT_FEATURE_STD` x the largest: dividing by a tiny spread would give the layer weights of
+    ~1e6, which a float16 export cannot hold (its largest number is 65,504)."""
+    largest = max(float(std.max()), 1e-12)
+    return np.where(std > CONSTANT_FEATURE_STD * largest, std, np.inf)
 
 
 def retrain_classifier(
@@ -105,7 +129,7 @@ def retrain_classifier(
     weights = {c: w**class_weight_power for c, w in class_weights(y).items()}
     views = train_features.shape[0]
     f = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)  # float32: twice as fast
-    mean, scale = f.mean(axis=0), f.std(axis=0) + 1e-6
+    mean, scale = f.mean(axis=0), standardising_scale(f.std(axis=0))
     regression = LogisticRegression(C=inverse_l2, class_weight=weights, max_iter=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # near-converged after max_iter is still fine
@@ -115,16 +139,16 @@ def retrain_classifier(
     body = keras.models.clone_model(features)
     body.set_weights(features.get_weights())
     head = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="predictions")
-    refit = keras.Model(body.input, head(body.output), name=model.name)
+    refit = keras.Model(_inputs(body), head(body.output), name=model.name)
     head.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return refit
 
 
 def fit_classifier(
     model: keras.Model,
-    train_images: np.ndarray,
+    train_images,
     train_labels: Sequence | np.ndarray,
-    val_images: np.ndarray,
+    val_images,
     val_labels: Sequence | np.ndarray,
     powers: Sequence[float] = CLASS_WEIGHT_POWERS,
     views: int = 8,
@@ -133,7 +157,7 @@ def fit_classifier(
     """:func:`retrain_classifier` for each class-weight power; returns the model whose ``views``-view
     averaged validation predictions have the best :func:`~helpers.metrics.selection_score`, and its power.
     Train images fit the layer, validation images only choose the power (never the test split). ``pooled``:
-    see :func:`feature_model`."""
+    see :func:`feature_model`. For a metadata model, the images are ``{"image", "metadata"}`` dicts."""
     features = feature_model(model, pooled)
     train_f = view_features(features, train_images, views)
     val_f = view_features(features, val_images, views)
@@ -156,7 +180,7 @@ def multi_scale_layers(model: keras.Model) -> tuple[str, ...]:
     return tuple(stages[:-1])
 
 
-def tta_score(model: keras.Model, val_images: np.ndarray, val_labels: np.ndarray, views: int = 8) -> float:
+def tta_score(model: keras.Model, val_images, val_labels: np.ndarray, views: int = 8) -> float:
     """:func:`~helpers.metrics.selection_score` of ``model``'s ``views``-view averaged predictions on val."""
     return selection_score(val_labels, predict_images(predictor(model, views), val_images))
 
@@ -181,22 +205,39 @@ def finalize_predictor(
         )
     x, y = {}, {}
     for name, part in parts.items():
-        x[name] = load_images(part["path"].tolist(), img_size, progress=False).astype("float32")
+        images = load_images(part["path"].tolist(), img_size, progress=False).astype("float32")
+        x[name] = model_inputs(model, images, encode_metadata(part) if uses_metadata(model) else None)
         y[name] = label_ids(part["dx"])
+    refit, choices = retrained_network(model, x["train"], y["train"], x["val"], y["val"], views, multi_scale)
+    final, tau = prior_shifted_predictor(refit, x["val"], y["val"], y["train"], views)
+    return final, {**choices, "tau": tau}
+
+
+def retrained_network(
+    model: keras.Model,
+    train_inputs,
+    train_labels: np.ndarray,
+    val_inputs,
+    val_labels: np.ndarray,
+    views: int = 8,
+    multi_scale: bool = True,
+) -> tuple[keras.Model, dict]:
+    """:func:`fit_classifier` once on the network's features and, with ``multi_scale`` and a model that has
+    stages, once more with the :func:`multi_scale_layers` pooled in; the one with the better
+    :func:`tta_score` on val (ties: single-scale) and its choices (``class_weight_power``, ``pooled``)."""
     stages = multi_scale_layers(model) if multi_scale else ()
     options = [()] + ([stages] if stages else [])
     candidates = [
-        (*fit_classifier(model, x["train"], y["train"], x["val"], y["val"], views=views, pooled=p), p)
+        (*fit_classifier(model, train_inputs, train_labels, val_inputs, val_labels, views=views, pooled=p), p)
         for p in options
     ]
-    refit, power, pooled = max(candidates, key=lambda c: tta_score(c[0], x["val"], y["val"], views))
-    final, tau = prior_shifted_predictor(refit, x["val"], y["val"], y["train"], views)
-    return final, {"class_weight_power": power, "pooled": list(pooled), "tau": tau}
+    refit, power, pooled = max(candidates, key=lambda c: tta_score(c[0], val_inputs, val_labels, views))
+    return refit, {"class_weight_power": power, "pooled": list(pooled)}
 
 
 def prior_shifted_predictor(
     model: keras.Model | Sequence[keras.Model],
-    val_images: np.ndarray,
+    val_images,
     val_labels: np.ndarray,
     train_labels: np.ndarray,
     views: int = 8,

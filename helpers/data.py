@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from helpers.classes import CLASS_NAMES
+from helpers.clinical import unknown_values, valid_ages
 from helpers.download import DownloadError, download_ham10000
 from helpers.paths import DATA_DIR, resolve_input
 from helpers.splits import SPLITS
@@ -69,6 +70,7 @@ class ValidationReport:
     lesion_masks: int = 0
     ignored_columns: list[str] = field(default_factory=list)
     age_values_not_numeric: int = 0
+    unknown_metadata_values: dict[str, list[str]] = field(default_factory=dict)
     lesions_with_several_labels: list[str] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
     classes_without_images: list[str] = field(default_factory=list)
@@ -108,6 +110,10 @@ class ValidationReport:
             lines.append(f"Masks:    {self.lesion_masks} usable images have a lesion mask (column mask_path)")
         if self.age_values_not_numeric:
             lines.append(f"Age:      {self.age_values_not_numeric} non-numeric age values read as missing")
+        for column, values in self.unknown_metadata_values.items():
+            shown = ", ".join(repr(v) for v in list(dict.fromkeys(values))[:3])
+            what = "outside 0-120" if column == "age" else "not known"
+            lines.append(f"Metadata: {len(values)} {column} value(s) {what}, read as missing (e.g. {shown})")
         if self.lesions_with_several_labels:
             lines.append(
                 f"Warning:  {len(self.lesions_with_several_labels)} lesion_ids carry more than one dx "
@@ -405,6 +411,7 @@ def load_metadata(
     df = df[~df["path"].isin({c["path"] for c in corrupt})].reset_index(drop=True)
     if "lesion_id" not in df.columns or (df["lesion_id"] == "").any():
         df = _fill_lesion_ids(df)
+    unknown = unknown_values(df)
     bad_age = _coerce_age(df)
     if index.masks:
         df["mask_path"] = df["image_id"].map(lambda i: str(index.masks[i]) if i in index.masks else None)
@@ -421,6 +428,7 @@ def load_metadata(
         lesion_masks=int(df["mask_path"].notna().sum()) if index.masks else 0,
         ignored_columns=sorted(ignored),
         age_values_not_numeric=bad_age,
+        unknown_metadata_values=unknown,
         lesions_with_several_labels=_multi_label_lesions(df),
         class_counts={c: int((df["dx"] == c).sum()) for c in CLASS_NAMES},
         classes_without_images=[c for c in CLASS_NAMES if not (df["dx"] == c).any()],
@@ -460,7 +468,7 @@ def _coerce_age(df: pd.DataFrame) -> int:
     text = df["age"].astype(str).str.strip()
     age = pd.to_numeric(text, errors="coerce")
     bad = int((age.isna() & ~text.isin(["", "nan", "None", "unknown"])).sum())
-    df["age"] = age.astype(float)
+    df["age"] = valid_ages(age)  # negative or over 120: missing (counted by unknown_values)
     return bad
 
 

@@ -18,12 +18,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from helpers.classes import CLASS_NAMES
+from helpers.clinical import encode_metadata
 from helpers.data import load_metadata
 from helpers.explain import (
     background_ratio,
     centred_blob,
     energy_inside,
-    gradcam,
     gradcam_maps,
     pointing_hit,
 )
@@ -44,6 +44,7 @@ from helpers.modelio import (
     read_manifest,
     resolve_model_path,
 )
+from helpers.models import IMAGE_INPUT, METADATA_INPUT, uses_metadata
 from helpers.paths import VISUALIZATIONS_DIR
 from helpers.pipeline import load_images, load_masks
 from helpers.shifts import SHIFTS, STRENGTHS, apply_shift
@@ -75,8 +76,10 @@ class EvaluationResult:
     data: pd.DataFrame = field(repr=False)
     frame: pd.DataFrame = field(repr=False)
     images: np.ndarray = field(repr=False)
+    metadata: np.ndarray | None = field(repr=False)
     val_frame: pd.DataFrame | None = field(repr=False)
     val_images: np.ndarray | None = field(repr=False)
+    val_metadata: np.ndarray | None = field(repr=False)
     model: keras.Model = field(repr=False)
     img_size: int
     out_dir: Path
@@ -86,11 +89,17 @@ class EvaluationResult:
         """Label ids of the evaluated images."""
         return label_ids(self.frame["dx"])
 
-    def validation_set(self) -> tuple[np.ndarray, pd.Series]:
-        """Validation images and labels; the evaluated ones when no validation split was predicted."""
+    def validation_set(self) -> tuple[np.ndarray | dict, pd.Series]:
+        """Validation inputs (images, or ``{"image", "metadata"}`` for a metadata model) and labels; the
+        evaluated ones when no validation split was predicted."""
         if self.val_images is None:
-            return self.images, self.frame["dx"]
-        return self.val_images, self.val_frame["dx"]
+            return self.inputs(self.images, self.metadata), self.frame["dx"]
+        return self.inputs(self.val_images, self.val_metadata), self.val_frame["dx"]
+
+    @staticmethod
+    def inputs(images: np.ndarray, metadata: np.ndarray | None) -> np.ndarray | dict:
+        """``images`` alone, or with ``metadata`` the dict a metadata model takes."""
+        return images if metadata is None else {IMAGE_INPUT: images, METADATA_INPUT: metadata}
 
     def headline(self) -> pd.DataFrame:
         """The model beside the majority baseline, with bootstrap 95% CIs where available."""
@@ -160,23 +169,35 @@ def select_split(df: pd.DataFrame, split: str, max_images: int | None = None, se
 
 
 def predict_probs(
-    model: keras.Model, images: np.ndarray, batch_size: int = 64, tta: bool = False
+    model: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 64,
+    tta: bool = False,
+    metadata: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Softmax outputs ``(N, C)`` for uint8 images ``(N, S, S, 3)``; with ``tta`` the mean over the image and
-    its horizontal and vertical flips."""
+    """Softmax outputs ``(N, C)`` for uint8 images ``(N, S, S, 3)`` (and their encoded metadata, for a
+    metadata model); with ``tta`` the mean over the image and its horizontal and vertical flips."""
     views = [images, images[:, :, ::-1], images[:, ::-1]] if tta else [images]
-    return np.mean([keras_predict(model, view, batch_size) for view in views], axis=0)
+    return np.mean([keras_predict(model, view, batch_size, metadata) for view in views], axis=0)
+
+
+def frame_metadata(model: keras.Model, frame: pd.DataFrame, missing: bool = False) -> np.ndarray | None:
+    """The encoded metadata of ``frame``'s rows for a metadata model (None for an image model); ``missing``:
+    data without the age/sex/site columns is encoded as every field missing instead of refused."""
+    return encode_metadata(frame, missing_columns=missing) if uses_metadata(model) else None
 
 
 def _predict_split(
     model: keras.Model, df: pd.DataFrame, split: str, options: Mapping
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Rows, uint8 images and probabilities of one split."""
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Rows, uint8 images, encoded metadata (None for an image model) and probabilities of one split."""
     frame = select_split(df, split, options["max_images"], options["seed"])
+    metadata = frame_metadata(model, frame, options["missing_metadata"])
     images = load_images(
         frame["path"].tolist(), model_input_size(model), options["cache"], progress=options["verbose"]
     )
-    return frame, images, predict_probs(model, images, options["batch_size"], options["tta"])
+    probs = predict_probs(model, images, options["batch_size"], options["tta"], metadata)
+    return frame, images, metadata, probs
 
 
 def evaluate_model(
@@ -192,6 +213,7 @@ def evaluate_model(
     n_bootstrap: int = 1000,
     cache: bool | str | Path = True,
     verbose: bool = True,
+    missing_metadata: bool = False,
 ) -> EvaluationResult:
     """Evaluate a trained ``.keras`` model on one split of a dataset and write ``metrics.json`` and
     ``predictions.csv`` to ``out_dir`` (default ``visualizations/<run_name>/``, the model's folder name).
@@ -201,7 +223,9 @@ def evaluate_model(
     rebuilt with the run's seed from ``manifest.json`` beside the model) or ``"all"``. ``tta`` averages the
     image and its flips. With ``temperature_scaling`` a temperature is fitted on the validation split (for
     test/train) and ECE and log loss are reported before and after. ``max_images`` caps the evaluated (and
-    validation) images, stratified by class.
+    validation) images, stratified by class. A metadata model is fed each image's age, sex and body site from
+    the data; data without those columns is refused with a message, or with ``missing_metadata`` evaluated
+    with every field missing.
     """
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {list(SPLIT_CHOICES)}; got {split!r}.")
@@ -223,16 +247,20 @@ def evaluate_model(
         "verbose": verbose,
         "batch_size": batch_size,
         "tta": tta,
+        "missing_metadata": missing_metadata,
     }
-    frame, images, probs = _predict_split(model, df, split, options)
+    frame, images, metadata, probs = _predict_split(model, df, split, options)
     use_val = temperature_scaling and split in ("test", "train") and "val" in set(df["split"])
-    val_frame, val_images, val_probs = _predict_split(model, df, "val", options) if use_val else [None] * 3
+    val_frame, val_images, val_metadata, val_probs = (
+        _predict_split(model, df, "val", options) if use_val else [None] * 4
+    )
     calibration, calibrated = ({"temperature": None}, None)
     if use_val:
         calibration, calibrated = calibration_report(frame["dx"], probs, val_frame["dx"], val_probs)
     metrics = compute_metrics(frame["dx"], probs, n_bootstrap=n_bootstrap)
     metrics.update(model_path=str(path), data_dir=source, split=split, split_matches_training=matches)
     metrics.update(img_size=images.shape[1], tta=tta, temperature=calibration["temperature"])
+    metrics.update(metadata_input=uses_metadata(model), metadata_missing=bool(missing_metadata))
     metrics = json_ready({**metrics, "calibration": calibration})
     out = Path(out_dir) if out_dir is not None else VISUALIZATIONS_DIR / path.parent.name
     predictions = predictions_frame(frame["image_id"], frame["dx"], probs)
@@ -245,8 +273,10 @@ def evaluate_model(
         data=df,
         frame=frame,
         images=images,
+        metadata=metadata,
         val_frame=val_frame,
         val_images=val_images,
+        val_metadata=val_metadata,
         model=model,
         img_size=int(images.shape[1]),
         out_dir=out,
@@ -281,9 +311,11 @@ def gradcam_examples(
 ) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
     """Images, Grad-CAM heatmaps for the predicted class and titles of :func:`pick_examples` of ``result``."""
     examples = pick_examples(result.predictions, correct, per_class)
-    images = result.images[examples.index.to_numpy()]
+    rows = examples.index.to_numpy()
+    images = result.images[rows]
     predicted = [CLASS_NAMES.index(name) for name in examples["predicted"]]
-    heatmaps = [gradcam(result.model, image, k) for image, k in zip(images, predicted, strict=True)]
+    metadata = result.metadata[rows] if result.metadata is not None else None
+    heatmaps = list(gradcam_maps(result.model, images, predicted, metadata=metadata)) if len(rows) else []
     confidence = examples[[f"p_{name}" for name in CLASS_NAMES]].max(axis=1)
     titles = [
         f"{row.image_id}\ntrue {row.true}, predicted {row.predicted} ({p:.2f})"
@@ -299,8 +331,10 @@ def calibration_images(result: EvaluationResult, n: int) -> tuple[np.ndarray | N
 
     An external test set (every row ``test``, or no split) is therefore never used to calibrate the model
     it tests."""
+    metadata = uses_metadata(result.model)
     if "split" in result.data.columns and (result.data["split"] == "train").any():
-        return representative_sample(result.data, result.img_size, n), "the evaluated data's train split"
+        sample = representative_sample(result.data, result.img_size, n, metadata=metadata)
+        return sample, "the evaluated data's train split"
     manifest = read_manifest(result.metrics["model_path"])
     source = manifest.get("data", {}).get("source")
     if not source or not Path(source).is_dir():
@@ -310,7 +344,9 @@ def calibration_images(result: EvaluationResult, n: int) -> tuple[np.ndarray | N
         return None, f"int8 export skipped: no training images to calibrate on ({reason})."
     csv = manifest.get("parameters", {}).get("metadata_csv")
     trained = training_split(load_metadata(source, csv, verbose=False), manifest)[0]
-    return representative_sample(trained, result.img_size, n), f"the train split of {source}"
+    return representative_sample(
+        trained, result.img_size, n, metadata=metadata
+    ), f"the train split of {source}"
 
 
 def shift_report(
@@ -323,6 +359,7 @@ def shift_report(
     seed: int = 0,
     cache: bool | str | Path = True,
     verbose: bool = True,
+    missing_metadata: bool = False,
 ) -> pd.DataFrame:
     """What a change of device may cost: ``model`` on the ``split`` images of ``df`` as they are and under
     every shift of :data:`helpers.shifts.SHIFTS` (colour cast, brightness, gamma, the dermoscope's dark frame,
@@ -335,12 +372,14 @@ def shift_report(
     """
     model = model if isinstance(model, keras.Model) else load_classifier(model)
     frame = select_split(df, split, max_images, seed)
+    metadata = frame_metadata(model, frame, missing_metadata)
     images = load_images(frame["path"].tolist(), model_input_size(model), cache, progress=verbose)
     conditions = [("clean", "")] + [(name, s) for name in SHIFTS for s in strengths]
     rows = []
     for name, strength in tqdm(conditions, desc="Shifts", unit="condition", disable=not verbose):
         shifted = images if name == "clean" else apply_shift(images, name, strength)
-        scores = compute_metrics(frame["dx"], keras_predict(model, shifted, batch_size), n_bootstrap=0)
+        probs = keras_predict(model, shifted, batch_size, metadata)
+        scores = compute_metrics(frame["dx"], probs, n_bootstrap=0)
         rows.append({"shift": name, "strength": strength, **{k: scores[k] for k in SHIFT_METRICS}})
     table = pd.DataFrame(rows)
     mean = table.iloc[1:][list(SHIFT_METRICS)].mean()
@@ -393,6 +432,7 @@ def explain_split(
     layer_name: str | None = None,
     cache: bool | str | Path = True,
     verbose: bool = True,
+    missing_metadata: bool = False,
 ) -> Explanations:
     """Grad-CAM of the predicted class for every image of ``split`` that has a usable lesion mask.
 
@@ -423,8 +463,9 @@ def explain_split(
         )
     frame = frame[has_mask].reset_index(drop=True)[usable].reset_index(drop=True)
     images = load_images(frame["path"].tolist(), size, cache, progress=verbose)
-    predicted = keras_predict(model, images).argmax(axis=1)
-    heatmaps = gradcam_maps(model, images, predicted, layer_name)
+    metadata = frame_metadata(model, frame, missing_metadata)
+    predicted = keras_predict(model, images, metadata=metadata).argmax(axis=1)
+    heatmaps = gradcam_maps(model, images, predicted, layer_name, metadata=metadata)
     return Explanations(frame, images, heatmaps, masks[usable], predicted, skipped)
 
 

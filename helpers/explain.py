@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.ndimage import distance_transform_edt
 
-from helpers.modelio import model_input_size
+from helpers.modelio import model_input_size, model_inputs
 from helpers.models import unwrap_predictor
 
 _CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
@@ -53,7 +53,11 @@ def _spatial(layer: keras.layers.Layer) -> int:
 
 
 def gradcam(
-    model: keras.Model, image_uint8: np.ndarray, class_index: int | None = None, layer_name: str | None = None
+    model: keras.Model,
+    image_uint8: np.ndarray,
+    class_index: int | None = None,
+    layer_name: str | None = None,
+    metadata: np.ndarray | None = None,
 ) -> np.ndarray:
     """Grad-CAM heatmap ``(H, W)`` in [0, 1] of ``class_index`` (default: the predicted class) for one image.
 
@@ -61,7 +65,8 @@ def gradcam(
     gradients of the class score (the logit, before softmax, when the model ends in a softmax Dense layer);
     the weighted sum of channels goes through ReLU, is normalised to a maximum of 1 and resized to the image.
     For a :func:`helpers.models.predictor` (test-time augmentation) it explains the network inside, on the
-    image as given (for an ensemble, its first member).
+    image as given (for an ensemble, its first member). A metadata model needs the image's encoded
+    ``metadata`` (shape ``(METADATA_WIDTH,)`` or ``(1, METADATA_WIDTH)``).
     """
     network = unwrap_predictor(model)
     image = np.asarray(image_uint8)
@@ -72,7 +77,8 @@ def gradcam(
     if class_index is not None and not 0 <= class_index < n_classes:
         raise ValueError(f"class_index must be in 0..{n_classes - 1}, got {class_index}.")
     classes = None if class_index is None else [class_index]
-    return gradcam_maps(network, image[np.newaxis], classes, layer_name)[0]
+    metadata = None if metadata is None else np.asarray(metadata, np.float32).reshape(1, -1)
+    return gradcam_maps(network, image[np.newaxis], classes, layer_name, metadata=metadata)[0]
 
 
 def gradcam_maps(
@@ -81,13 +87,15 @@ def gradcam_maps(
     class_indices: np.ndarray | list[int] | None = None,
     layer_name: str | None = None,
     batch_size: int = 32,
+    metadata: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`gradcam` for a batch: heatmaps ``(N, H, W)`` of ``images`` ``(N, H, W, 3)``, each for its
     ``class_indices[i]`` (default: the predicted class) and normalised to its own maximum of 1.
 
     Computed ``batch_size`` images at a time with one gradient each (the network runs in inference mode, so
-    the images do not influence one another)."""
+    the images do not influence one another). A metadata model needs the images' encoded ``metadata``."""
     model = unwrap_predictor(model)
+    inputs = model_inputs(model, images, metadata)
     images = np.asarray(images, dtype=np.float32)
     n_classes = model.output_shape[-1]
     if class_indices is not None:
@@ -106,7 +114,13 @@ def gradcam_maps(
     grad_model = keras.Model(model.inputs, [layer.output, head.input if use_logits else model.output])
     maps = []
     for start in range(0, len(images), batch_size):
-        x = tf.convert_to_tensor(images[start : start + batch_size])
+        rows = slice(start, start + batch_size)
+        x = (
+            {k: tf.convert_to_tensor(v[rows]) for k, v in inputs.items()}
+            if isinstance(inputs, dict)
+            else inputs[rows]
+        )
+        n = len(images[rows])
         with tf.GradientTape() as tape:
             features, scores = grad_model(x, training=False)
             if use_logits:
@@ -114,7 +128,7 @@ def gradcam_maps(
             chosen = (
                 tf.argmax(scores, axis=1)
                 if class_indices is None
-                else tf.constant(class_indices[start : start + len(x)])
+                else tf.constant(class_indices[start : start + n])
             )
             score = tf.reduce_sum(tf.gather(scores, chosen, axis=1, batch_dims=1))
         grads = tape.gradient(score, features)

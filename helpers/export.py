@@ -24,10 +24,11 @@ import pandas as pd
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from helpers.clinical import encode_metadata
 from helpers.files import atomic_write
 from helpers.metrics import label_ids
-from helpers.modelio import keras_predict, load_keras_model, model_input_size, save_keras_model
-from helpers.models import measure_latency
+from helpers.modelio import keras_predict, load_keras_model, model_input_size, model_inputs, save_keras_model
+from helpers.models import IMAGE_INPUT, METADATA_INPUT, measure_latency
 from helpers.pipeline import load_images
 
 QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "int8")
@@ -92,7 +93,7 @@ def _export(
     if unknown:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {unknown[0]!r}.")
     model = load_keras_model(model_or_path)
-    size = model_input_size(model)
+    model_input_size(model)  # a square RGB image input, or a clear error
     calibration = None
     if "int8" in targets:
         if representative_images is None:
@@ -100,31 +101,44 @@ def _export(
                 f"int8 export needs representative_images: ~{REPRESENTATIVE_IMAGES} training images "
                 "(N, S, S, 3), e.g. helpers.export.representative_sample(df, img_size)."
             )
-        calibration = _check_images(representative_images, size, "representative_images")
-    function = _frozen_function(model, size)
+        calibration = _input_list(model, representative_images, "representative_images")
+    function = _frozen_function(model)
     for quantization, path in targets.items():
         _atomic_write(path, _convert(function, quantization, calibration))
     return targets
 
 
-def _frozen_function(model: keras.Model, size: int):
-    """Inference-mode graph of ``model`` with its weights folded in as constants (batch size left open).
+def _frozen_function(model: keras.Model):
+    """Inference-mode graph of ``model`` with its weights folded in as constants (batch size left open); one
+    argument per model input (the image, and the metadata of a metadata model), in the model's order.
 
     Much quicker than the SavedModel round trip ``from_keras_model`` makes for Keras 3 models.
     """
-    spec = tf.TensorSpec((None, size, size, 3), tf.float32, name="image")
-    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    return convert_variables_to_constants_v2(function)
+    specs = [tf.TensorSpec((None, *t.shape[1:]), tf.float32, name=t.name) for t in model.inputs]
+    function = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False))
+    return convert_variables_to_constants_v2(function.get_concrete_function(*specs))
 
 
-def _convert(function, quantization: str, calibration: np.ndarray | None) -> bytes:
+def _input_list(model: keras.Model, images, name: str) -> list[np.ndarray]:
+    """``images`` (an image array, or a metadata model's ``{"image", "metadata"}`` dict) as float32 arrays in
+    the order of ``model``'s inputs, images checked against the model's input size."""
+    inputs = model_inputs(model, images)
+    images = inputs[IMAGE_INPUT] if isinstance(inputs, dict) else inputs
+    images = _check_images(images, model_input_size(model), name)
+    if not isinstance(inputs, dict):
+        return [images]
+    return [images if t.name == IMAGE_INPUT else inputs[METADATA_INPUT] for t in model.inputs]
+
+
+def _convert(function, quantization: str, calibration: list[np.ndarray] | None) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[np.newaxis]] for image in calibration)
+        n = len(calibration[0])
+        converter.representative_dataset = lambda: ([x[i : i + 1] for x in calibration] for i in range(n))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
@@ -142,9 +156,15 @@ def _atomic_write(path: Path, data: bytes) -> Path:
 
 
 def representative_sample(
-    df: pd.DataFrame, img_size: int, n: int = REPRESENTATIVE_IMAGES, seed: int = 42, split: str = "train"
-) -> np.ndarray:
-    """Up to ``n`` decoded uint8 images for int8 calibration, drawn evenly over classes from ``split``.
+    df: pd.DataFrame,
+    img_size: int,
+    n: int = REPRESENTATIVE_IMAGES,
+    seed: int = 42,
+    split: str = "train",
+    metadata: bool = False,
+) -> np.ndarray | dict:
+    """Up to ``n`` decoded uint8 images for int8 calibration, drawn evenly over classes from ``split``; with
+    ``metadata``, ``{"image": images, "metadata": their encoded age, sex and site}`` for a metadata model.
 
     Uses the rows of ``df`` whose ``split`` equals ``split`` (all rows when there is no split column).
     """
@@ -153,27 +173,43 @@ def representative_sample(
         raise ValueError(f"No rows with split == {split!r} to draw representative images from.")
     shuffled = rows.sample(frac=1.0, random_state=seed)
     order = shuffled.groupby("dx", sort=False).cumcount().sort_values(kind="stable").index[:n]
-    return load_images(rows.loc[order, "path"].tolist(), img_size, progress=False)
+    images = load_images(rows.loc[order, "path"].tolist(), img_size, progress=False)
+    if not metadata:
+        return images
+    return {IMAGE_INPUT: images, METADATA_INPUT: encode_metadata(rows.loc[order], missing_columns=True)}
 
 
 # --------------------------------------------------------------------------------------------- inference
 def tflite_predict(
-    path_or_interpreter: str | Path | tf.lite.Interpreter, images: np.ndarray, batch_size: int = 64
+    path_or_interpreter: str | Path | tf.lite.Interpreter,
+    images,
+    batch_size: int = 64,
+    metadata: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Class probabilities ``(N, C)`` from a ``.tflite`` model for images ``(N, S, S, 3)`` of 0..255 pixels.
-
-    Quantized inputs are quantized with the model's scale/zero point, quantized outputs dequantized.
+    """Class probabilities ``(N, C)`` from a ``.tflite`` model for images ``(N, S, S, 3)`` of 0..255 pixels
+    (and, for a metadata model, their encoded ``metadata``; ``images`` may be the ``{"image", "metadata"}``
+    dict). Quantized inputs are quantized with the model's scale/zero point, quantized outputs dequantized.
     """
     interpreter = load_interpreter(path_or_interpreter)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    images = _check_images(images, int(inp["shape_signature"][1]), "images")
+    if isinstance(images, dict):
+        images, metadata = images[IMAGE_INPUT], images.get(METADATA_INPUT)
+    details = {len(d["shape_signature"]): d for d in interpreter.get_input_details()}  # 4: image, 2: metadata
+    image_detail, out = details[4], interpreter.get_output_details()[0]
+    images = _check_images(images, int(image_detail["shape_signature"][1]), "images")
+    feeds = [(image_detail, images)]
+    if 2 in details:
+        if metadata is None:
+            raise ValueError("This TFLite model also takes the encoded metadata: pass metadata=.")
+        feeds.append((details[2], np.asarray(metadata, dtype=np.float32)))
     probs = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        if interpreter.get_input_details()[0]["shape"][0] != len(batch):
-            interpreter.resize_tensor_input(inp["index"], [len(batch), *inp["shape"][1:]])
-            interpreter.allocate_tensors()
-        interpreter.set_tensor(inp["index"], _quantize(batch, inp))
+        for detail, values in feeds:
+            batch = values[start : start + batch_size]
+            if list(interpreter.get_tensor(detail["index"]).shape[:1]) != [len(batch)]:
+                interpreter.resize_tensor_input(detail["index"], [len(batch), *detail["shape"][1:]])
+                interpreter.allocate_tensors()
+        for detail, values in feeds:
+            interpreter.set_tensor(detail["index"], _quantize(values[start : start + batch_size], detail))
         interpreter.invoke()
         probs.append(_dequantize(interpreter.get_tensor(out["index"]), out))
     return np.concatenate(probs)
@@ -215,10 +251,11 @@ def tflite_latency(
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}.")
     interpreter = load_interpreter(path_or_interpreter)
-    inp = interpreter.get_input_details()[0]
-    size = int(inp["shape_signature"][1])
+    details = {len(d["shape_signature"]): d for d in interpreter.get_input_details()}
+    size = int(details[4]["shape_signature"][1])
     image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3)).astype(np.float32)
-    tflite_predict(interpreter, image)  # resizes to batch 1 and sets the input
+    metadata = np.zeros((1, int(details[2]["shape_signature"][1])), np.float32) if 2 in details else None
+    tflite_predict(interpreter, image, metadata=metadata)  # resizes to batch 1 and sets the inputs
     times = []
     for i in range(warmup + runs):
         start = time.perf_counter()
@@ -250,16 +287,17 @@ def export_report(
     Without ``representative_images`` (no training images to calibrate on) the int8 row is left out.
     """
     keras_model = load_keras_model(model)
-    images = _check_images(images, model_input_size(keras_model), "images")
+    inputs = model_inputs(keras_model, images)
+    n_images = len(_input_list(keras_model, inputs, "images")[0])
     y = None if labels is None else label_ids(labels)
-    if y is not None and len(y) != len(images):
-        raise ValueError(f"labels has {len(y)} entries but images has {len(images)}; they must match.")
+    if y is not None and len(y) != n_images:
+        raise ValueError(f"labels has {len(y)} entries but images has {n_images}; they must match.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras_path = out_dir / "model.keras" if isinstance(model, keras.Model) else Path(model)
     if isinstance(model, keras.Model):
         save_keras_model(keras_model, keras_path)
-    reference = keras_predict(keras_model, images)
+    reference = keras_predict(keras_model, inputs)
     rows = [
         _row("keras", keras_path, reference, reference, y, measure_latency(keras_model, runs)["median_ms"])
     ]
@@ -267,7 +305,7 @@ def export_report(
     targets = {q: out_dir / f"model_{q}.tflite" for q in formats}
     for quantization, path in _export(keras_model, targets, representative_images).items():
         interpreter = load_interpreter(path)
-        probs = tflite_predict(interpreter, images)
+        probs = tflite_predict(interpreter, inputs)
         rows.append(
             _row(f"tflite_{quantization}", path, probs, reference, y, tflite_latency(interpreter, runs))
         )

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from helpers.classes import CLASS_NAMES, NUM_CLASSES
 from helpers.files import atomic_folder
+from helpers.models import IMAGE_INPUT, METADATA_INPUT, image_shape, uses_metadata
 from helpers.paths import MODELS_DIR, resolve_input
 
 
@@ -44,11 +45,11 @@ def save_keras_model(model: keras.Model, path: str | Path) -> Path:
 
 
 def model_input_size(model: keras.Model) -> int:
-    """Side in pixels of the square RGB input of ``model``."""
-    shape = model.input_shape
-    if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None or shape[3] != 3:
-        raise ValueError(f"Expected a model with a square RGB input (None, S, S, 3), got {shape}.")
-    return int(shape[1])
+    """Side in pixels of the square RGB image input of ``model``."""
+    shape = image_shape(model)
+    if shape[0] != shape[1] or shape[0] is None or shape[2] != 3:
+        raise ValueError(f"Expected a model with a square RGB input (None, S, S, 3), got (None, *{shape}).")
+    return int(shape[0])
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -112,18 +113,56 @@ def read_manifest(model_path: str | Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- predicting
-def keras_predict(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities from eager inference-mode calls (no tracing: quicker than ``predict`` on few images)."""
+def model_inputs(model: keras.Model, images, metadata: np.ndarray | None = None):
+    """What ``model`` takes for ``images`` (float32): the images alone, or for a metadata model
+    ``{"image": images, "metadata": metadata}`` (encoded by :func:`helpers.clinical.encode_metadata`).
+    ``images`` may already be such a dict. ValueError when a metadata model gets no metadata, or an image
+    model gets some."""
+    if isinstance(images, dict):
+        images, metadata = images[IMAGE_INPUT], images.get(METADATA_INPUT)
     images = np.asarray(images, dtype=np.float32)
-    batches = [model(images[i : i + batch_size], training=False) for i in range(0, len(images), batch_size)]
+    if not uses_metadata(model):
+        if metadata is not None:
+            raise ValueError(
+                f"{model.name} takes images only; it has no metadata input (pass metadata=None)."
+            )
+        return images
+    if metadata is None:
+        raise ValueError(
+            f"{model.name} also takes the patient's metadata (age, sex, body site): pass metadata= "
+            "(helpers.clinical.encode_metadata(df), or helpers.clinical.missing_vector(n) when unknown)."
+        )
+    metadata = np.asarray(metadata, dtype=np.float32)
+    if metadata.shape[0] != len(images):
+        raise ValueError(f"metadata has {metadata.shape[0]} rows for {len(images)} images; they must match.")
+    return {IMAGE_INPUT: images, METADATA_INPUT: metadata}
+
+
+def keras_predict(
+    model: keras.Model, images, batch_size: int = 64, metadata: np.ndarray | None = None
+) -> np.ndarray:
+    """Probabilities from eager inference-mode calls (no tracing: quicker than ``predict`` on few images).
+    ``images`` and ``metadata``: see :func:`model_inputs`."""
+    inputs = model_inputs(model, images, metadata)
+    n = len(inputs[IMAGE_INPUT] if isinstance(inputs, dict) else inputs)
+    batches = [
+        model(_rows(inputs, slice(i, i + batch_size)), training=False) for i in range(0, n, batch_size)
+    ]
     return np.concatenate([np.asarray(b) for b in batches]).astype(np.float32)
 
 
-def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """``model``'s predictions for an in-memory batch of images, fed as a plain batched ``tf.data`` pipeline.
+def predict_images(
+    model: keras.Model, images, batch_size: int = 256, metadata: np.ndarray | None = None
+) -> np.ndarray:
+    """``model``'s predictions for an in-memory batch of images (and their encoded metadata, for a metadata
+    model), fed as a plain batched ``tf.data`` pipeline.
 
     Same values as ``model.predict(images)``, but Keras's own array adapter adds a parallel map that, once
     TensorFlow op determinism is on (:func:`helpers.train.train` turns it on), TensorFlow rewrites while
     logging a "NodeDef mentions attribute use_unbounded_threadpool" error on every new model."""
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(images, dtype="float32")).batch(batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices(model_inputs(model, images, metadata)).batch(batch_size)
     return model.predict(dataset, verbose=0)
+
+
+def _rows(inputs, rows: slice):
+    return {k: v[rows] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[rows]

@@ -12,6 +12,7 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers.classes import NUM_CLASSES
+from helpers.clinical import FIELD_SLICES, METADATA_WIDTH, missing_vector
 
 MIN_IMG_SIZE = 16
 """Smallest input side any model accepts (the default needs at least 16 px for its three stride-2 stages)."""
@@ -145,6 +146,82 @@ def dermsep_net(
     return keras.Model(inputs, outputs, name="dermsep_net")
 
 
+# --- Image + metadata ------------------------------------------------------------------------------------
+IMAGE_INPUT, METADATA_INPUT = "image", "metadata"
+"""Input names of a model: every model has an image input; a metadata model also a metadata input."""
+
+METADATA_UNITS = 32
+"""Width of the metadata model's dense block on the encoded age, sex and body site."""
+
+FIELD_DROPOUT = 0.25
+"""Training-time chance that each metadata field (age, sex, body site) of an image is set to missing, so the
+model answers sensibly when a field is unknown."""
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class MetadataDropout(keras.layers.Layer):
+    """While training, replaces each whole field of an encoded metadata vector (:mod:`helpers.clinical`) by
+    its "missing" encoding with probability ``rate``, independently per image and field; at inference it
+    passes the vector through unchanged."""
+
+    def __init__(self, rate: float, field_of_column: list[int], missing: list[float], seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.field_of_column = [int(f) for f in field_of_column]
+        self.missing = [float(v) for v in missing]
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate <= 0:
+            return x
+        n_fields = max(self.field_of_column) + 1
+        drop = keras.random.uniform((keras.ops.shape(x)[0], n_fields), seed=self.seed_generator) < self.rate
+        per_column = keras.ops.take(drop, keras.ops.convert_to_tensor(self.field_of_column), axis=1)
+        return keras.ops.where(per_column, keras.ops.convert_to_tensor(self.missing, dtype=x.dtype), x)
+
+    def get_config(self) -> dict:
+        config = {"rate": self.rate, "field_of_column": self.field_of_column, "missing": self.missing}
+        return {**super().get_config(), **config}
+
+
+def add_metadata_input(
+    image_model: keras.Model, units: int = METADATA_UNITS, field_dropout: float = FIELD_DROPOUT
+) -> keras.Model:
+    """``image_model`` with a second input, the encoded metadata (:mod:`helpers.clinical`), fused by
+    concatenation: the metadata (after :class:`MetadataDropout`) goes through a ``units``-wide dense block
+    and joins the image's pooled features just before a new softmax classifier. The image part keeps its
+    layers (and raw 0-255 pixel input); the model takes ``{"image": ..., "metadata": ...}``."""
+    head = image_model.layers[-1]
+    if not isinstance(head, keras.layers.Dense):
+        raise ValueError(
+            f"{image_model.name} does not end in a Dense classifier; cannot add a metadata input."
+        )
+    fields = np.zeros(METADATA_WIDTH, dtype=int)
+    for i, columns in enumerate(FIELD_SLICES.values()):
+        fields[columns] = i
+    metadata = keras.Input((METADATA_WIDTH,), name=METADATA_INPUT)
+    m = MetadataDropout(
+        field_dropout, fields.tolist(), missing_vector(1)[0].tolist(), name="metadata_dropout"
+    )(metadata)
+    m = keras.layers.Dense(units, activation="relu", name="metadata_dense")(m)
+    x = keras.layers.Concatenate(name="image_and_metadata")([head.input, m])
+    outputs = keras.layers.Dense(head.units, activation="softmax", name="predictions")(x)
+    return keras.Model([image_model.input, metadata], outputs, name=f"{image_model.name}_metadata")
+
+
+def uses_metadata(model: keras.Model) -> bool:
+    """Whether ``model`` (or the network inside a predictor) takes a metadata input."""
+    return any(t.name == METADATA_INPUT for t in model.inputs)
+
+
+def image_shape(model: keras.Model) -> tuple:
+    """The shape of ``model``'s image input without the batch axis, e.g. ``(128, 128, 3)``."""
+    images = [t for t in model.inputs if len(t.shape) == 4]
+    if len(images) != 1:
+        raise ValueError(f"Expected one image input (None, S, S, 3); {model.name} has inputs {model.inputs}.")
+    return tuple(images[0].shape[1:])
+
+
 @keras.saving.register_keras_serializable(package="helpers")
 class Dihedral(keras.layers.Layer):
     """One of the 8 flips / 90-degree rotations of a square image batch: bit 4 transposes, bit 2 flips
@@ -191,6 +268,22 @@ class ViewMean(keras.layers.Layer):
     def call(self, x):
         stacked = keras.ops.reshape(x, (self.views, -1, keras.ops.shape(x)[-1]))
         return keras.ops.mean(stacked, axis=0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class RepeatViews(keras.layers.Layer):
+    """A batch ``(B, D)`` repeated ``views`` times, ``(views * B, D)`` in :class:`DihedralViews`' order, so
+    each view of an image meets that image's metadata."""
+
+    def __init__(self, views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.views = check_views(views)
+
+    def call(self, x):
+        return keras.ops.tile(x, (self.views, 1))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "views": self.views}
@@ -249,16 +342,19 @@ def predictor(
     copied)."""
     views = check_views(views)
     members = _ensemble_members(model)
-    inputs = keras.Input(members[0].input_shape[1:], name="image")
-    x = DihedralViews(views, name="tta_views")(inputs) if views > 1 else inputs
-    outputs = [member(x) for member in members]
+    inputs = [keras.Input(image_shape(members[0]), name=IMAGE_INPUT)]
+    x = [DihedralViews(views, name="tta_views")(inputs[0]) if views > 1 else inputs[0]]
+    if uses_metadata(members[0]):  # the same metadata for every view of an image
+        inputs.append(keras.Input((METADATA_WIDTH,), name=METADATA_INPUT))
+        x.append(RepeatViews(views, name="tta_metadata")(inputs[1]) if views > 1 else inputs[1])
+    outputs = [member(x if len(x) > 1 else x[0]) for member in members]
     x = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="ensemble_mean")(outputs)
     if views > 1:
         x = ViewMean(views, name="tta_mean")(x)
     if class_weights is not None:
         x = PriorShift(list(np.asarray(class_weights, dtype=float)), name="prior_shift")(x)
     name = members[0].name if len(members) == 1 else "ensemble"
-    return keras.Model(inputs, x, name=f"{name}_predictor")
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], x, name=f"{name}_predictor")
 
 
 def _ensemble_members(model: keras.Model | Sequence[keras.Model]) -> list[keras.Model]:
@@ -266,14 +362,17 @@ def _ensemble_members(model: keras.Model | Sequence[keras.Model]) -> list[keras.
     members = [model] if isinstance(model, keras.Model) else list(model)
     if not members or not all(isinstance(m, keras.Model) for m in members):
         raise ValueError("predictor needs a Keras model or a non-empty list of Keras models.")
-    shapes = {(m.input_shape[1:], m.output_shape[-1]) for m in members}
+    shapes = {(image_shape(m), uses_metadata(m), m.output_shape[-1]) for m in members}
     if len(shapes) > 1:
         raise ValueError(
-            f"Ensemble members must share input shape and number of classes; got (input, classes) {shapes}."
+            "Ensemble members must share image shape, metadata input and number of classes; got (image, "
+            f"metadata, classes) {shapes}."
         )
     names = [m.name for m in members]
     return [
-        keras.Model(m.input, m.output, name=f"{m.name}_{i}") if names.count(m.name) > 1 else m
+        keras.Model(m.inputs if len(m.inputs) > 1 else m.input, m.output, name=f"{m.name}_{i}")
+        if names.count(m.name) > 1
+        else m
         for i, m in enumerate(members, start=1)
     ]
 
@@ -299,14 +398,19 @@ MODEL_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
 DEFAULT_MODEL = "dermsep_net"
 
 
-def build_model(name: str, img_size: int, num_classes: int = NUM_CLASSES, **kwargs) -> keras.Model:
-    """Build a model by name (``"default"`` means ``DEFAULT_MODEL``) for ``img_size`` x ``img_size`` RGB."""
+def build_model(
+    name: str, img_size: int, num_classes: int = NUM_CLASSES, metadata: bool = False, **kwargs
+) -> keras.Model:
+    """Build a model by name (``"default"`` means ``DEFAULT_MODEL``) for ``img_size`` x ``img_size`` RGB; with
+    ``metadata`` a two-input model that also takes the encoded age, sex and body site
+    (:func:`add_metadata_input`)."""
     key = DEFAULT_MODEL if name == "default" else name
     if not isinstance(key, str) or key not in MODEL_BUILDERS:
         raise ValueError(
             f"Unknown model name {name!r}; valid names: {', '.join(('default',) + MODEL_NAMES)}."
         )
-    return MODEL_BUILDERS[key](img_size=img_size, num_classes=num_classes, **kwargs)
+    model = MODEL_BUILDERS[key](img_size=img_size, num_classes=num_classes, **kwargs)
+    return add_metadata_input(model) if metadata else model
 
 
 def count_params(model: keras.Model, exclude_preprocessing: bool = True) -> int:
@@ -497,15 +601,16 @@ def measure_latency(model: keras.Model, runs: int = 50, warmup: int = 5) -> dict
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}.")
-    shape = (1, *model.input_shape[1:])
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)])
-    x = tf.random.uniform(shape, 0, 255, seed=0)
+    shapes = [(1, *t.shape[1:]) for t in model.inputs]
+    specs = [tf.TensorSpec(shape, tf.float32) for shape in shapes]
+    fn = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False), input_signature=specs)
+    x = [tf.random.uniform(shape, 0, 255 if len(shape) == 4 else 1, seed=0) for shape in shapes]
     for _ in range(warmup + 1):
-        fn(x).numpy()
+        fn(*x).numpy()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        fn(x).numpy()
+        fn(*x).numpy()
         times.append((time.perf_counter() - start) * 1000.0)
     return {
         "median_ms": float(np.median(times)),

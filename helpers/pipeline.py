@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
+from helpers.clinical import encode_metadata
 from helpers.files import atomic_write, free_bytes, megabytes, remove_stale_temporaries
 from helpers.paths import cache_dir
 
@@ -127,12 +128,13 @@ def decode_mask(path: str | Path, img_size: int) -> np.ndarray:
 
 
 def _decode_all(
-    paths: Sequence[str], img_size: int, workers: int, progress: bool, decoder: Callable = decode_image
+    paths: Sequence[str], img_size: int, workers: int, progress: bool, masks: bool = False
 ) -> np.ndarray:
-    """Decode ``paths`` into one preallocated uint8 array, using a thread pool (Pillow releases the GIL)."""
-    shape = (img_size, img_size, 3) if decoder is decode_image else (img_size, img_size)
-    out = np.empty((len(paths), *shape), dtype=np.uint8)
-    what = "images" if decoder is decode_image else "masks"
+    """Decode ``paths`` (images, or lesion masks) into one preallocated uint8 array, using a thread pool
+    (Pillow releases the GIL)."""
+    decoder = decode_mask if masks else decode_image
+    out = np.empty((len(paths), img_size, img_size, *(() if masks else (3,))), dtype=np.uint8)
+    what = "masks" if masks else "images"
     bar = tqdm(total=len(paths), desc=f"Decoding {what} to {img_size}px", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=workers) as pool, bar:
         for i, arr in enumerate(pool.map(lambda p: decoder(p, img_size), paths)):
@@ -215,21 +217,21 @@ def _load_unique(
     cache: bool | str | Path,
     workers: int | None,
     progress: bool,
-    decoder: Callable = decode_image,
+    masks: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(images, rows)``: uint8 images (or masks, with :func:`decode_mask`) of the sorted unique paths, and
+    """``(images, rows)``: uint8 images (or ``masks``, :func:`decode_mask`) of the sorted unique paths, and
     each input path's row in them."""
     unique, rows = np.unique(np.asarray(paths, dtype=str), return_inverse=True)
     target = cache_file(unique, img_size, cache)
     budget = cache_budget() if target is not None else None  # a bad DERM_CACHE_MAX_GB fails before decoding
-    shape = (len(unique), img_size, img_size, *((3,) if decoder is decode_image else ()))
+    shape = (len(unique), img_size, img_size, *(() if masks else (3,)))
     images = _read_cache(target, shape) if target is not None else None
     if images is None:
         if target is not None:
             remove_stale_temporaries(target.parent)  # left by writers that were killed
             target = target if _cache_fits(target, int(np.prod(shape))) else None
         workers = workers or min(os.cpu_count() or 1, 8)
-        images = _decode_all(list(unique), img_size, workers, progress, decoder)
+        images = _decode_all(list(unique), img_size, workers, progress, masks)
         if target is not None:
             _write_cache(target, images)
             prune_cache(target.parent, budget, keep=target)
@@ -311,7 +313,7 @@ def load_masks(
     img_size = _check_positive_int(img_size, "img_size")
     if len(paths) == 0:
         raise ValueError("load_masks got no paths.")
-    masks, rows = _load_unique([str(p) for p in paths], img_size, cache, None, progress, decode_mask)
+    masks, rows = _load_unique([str(p) for p in paths], img_size, cache, None, progress, masks=True)
     return masks[rows] > 0
 
 
@@ -432,6 +434,8 @@ def make_dataset(
     workers: int | None = None,
     progress: bool = True,
     with_masks: bool = False,
+    metadata: bool = False,
+    missing_metadata: bool = False,
 ) -> tf.data.Dataset:
     """Batched ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` for the rows of ``df``.
 
@@ -442,14 +446,18 @@ def make_dataset(
     the same shape); evaluation keeps every row. Shuffle order and augmentations are reproducible for a given
     ``seed`` (and TF global seed, if one is set).
 
-    ``with_masks=True`` (every row needs a ``mask_path``) yields dicts ``{"image", "mask", "label"}`` instead:
-    each lesion mask (bool ``(S, S)``) resized and geometrically augmented exactly as its image (not for
-    ``fit``; for studying where a model looks).
+    ``metadata=True`` yields ``({"image": images, "metadata": vectors}, labels)`` for a metadata model: each
+    row's age, sex and body site encoded by :func:`helpers.clinical.encode_metadata` (``missing_metadata``:
+    absent columns count as missing instead of an error). ``with_masks=True`` (every row needs a
+    ``mask_path``) yields dicts ``{"image", "mask", "label"}`` instead: each lesion mask (bool ``(S, S)``)
+    resized and geometrically augmented exactly as its image (not for ``fit``; for studying where a model
+    looks).
     """
     img_size = _check_positive_int(img_size, "img_size")
     batch_size = _check_positive_int(batch_size, "batch_size")
     labels = _labels(df)
     config = _augment_config(augment, training)
+    vectors = tf.constant(encode_metadata(df, missing_metadata)) if metadata else None
     images, rows = _load_unique(df["path"].astype(str).tolist(), img_size, cache, workers, progress)
     pixels = tf.constant(images)
     del images
@@ -462,21 +470,25 @@ def make_dataset(
         ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=training and len(rows) >= batch_size)
 
-    def gather(r: tf.Tensor, y: tf.Tensor, i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def gather(r: tf.Tensor, y: tf.Tensor, i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         x = tf.gather(pixels, r)
-        return (x if masks is None else tf.concat([x, tf.gather(masks, i)[..., None]], axis=-1)), y
+        return (x if masks is None else tf.concat([x, tf.gather(masks, i)[..., None]], axis=-1)), y, i
 
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     if config is None:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, i: (tf.cast(x, tf.float32), y, i), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, s: (augment_images(batch[0], s, config), batch[1]),
+            lambda batch, s: (augment_images(batch[0], s, config), *batch[1:]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     if masks is not None:
-        ds = ds.map(lambda x, y: {"image": x[..., :3], "mask": x[..., 3] > 127.5, "label": y})
+        ds = ds.map(lambda x, y, i: {"image": x[..., :3], "mask": x[..., 3] > 127.5, "label": y})
+    elif vectors is not None:
+        ds = ds.map(lambda x, y, i: ({"image": x, "metadata": tf.gather(vectors, i)}, y))
+    else:
+        ds = ds.map(lambda x, y, i: (x, y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

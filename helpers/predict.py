@@ -9,18 +9,22 @@ at full size.
 from __future__ import annotations
 
 import functools
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from helpers import explain
-from helpers.classes import CLASS_FULL_NAMES, CLASS_NAMES
+from helpers.classes import BODY_SITES, CLASS_FULL_NAMES, CLASS_NAMES
+from helpers.clinical import encode_one, unknown_values
 from helpers.export import load_interpreter, tflite_predict
 from helpers.modelio import keras_predict, load_keras_model, model_input_size
+from helpers.models import uses_metadata
 from helpers.pipeline import decode_image
 
 MAX_IMAGE_PIXELS = 150_000_000
@@ -56,12 +60,14 @@ class LoadedModel:
     img_size: int
     keras_model: keras.Model | None
     interpreter: object | None
+    metadata: bool = False
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` for uint8/float images ``(N, S, S, 3)`` of 0..255 pixels."""
+    def predict(self, images: np.ndarray, metadata: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for uint8/float images ``(N, S, S, 3)`` of 0..255 pixels (and their
+        encoded ``metadata`` for a model that takes it)."""
         if self.keras_model is not None:
-            return keras_predict(self.keras_model, images)
-        return tflite_predict(self.interpreter, images)
+            return keras_predict(self.keras_model, images, metadata=metadata)
+        return tflite_predict(self.interpreter, images, metadata=metadata)
 
 
 def load_model(model_path: str | Path) -> LoadedModel:
@@ -79,13 +85,13 @@ def _load_model_cached(path: str, mtime_ns: int, size: int) -> LoadedModel:
     if suffix == ".keras":
         model = load_keras_model(path)
         try:
-            return LoadedModel(Path(path), model_input_size(model), model, None)
+            return LoadedModel(Path(path), model_input_size(model), model, None, uses_metadata(model))
         except ValueError as err:
             raise ValueError(f"Model {path} cannot classify RGB images: {err}") from err
     if suffix == ".tflite":
         interpreter = load_interpreter(path)
-        shape = interpreter.get_input_details()[0]["shape_signature"]
-        return LoadedModel(Path(path), int(shape[1]), None, interpreter)
+        shapes = {len(d["shape_signature"]): d["shape_signature"] for d in interpreter.get_input_details()}
+        return LoadedModel(Path(path), int(shapes[4][1]), None, interpreter, 2 in shapes)
     raise ValueError(f"Unsupported model file {path}: expected a .keras or .tflite file.")
 
 
@@ -137,12 +143,21 @@ def _check_size(path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- prediction
 def predict_image(
-    model_path: str | Path, image_path: str | Path, top_k: int = 3, gradcam: bool = False
+    model_path: str | Path,
+    image_path: str | Path,
+    top_k: int = 3,
+    gradcam: bool = False,
+    age: float | None = None,
+    sex: str | None = None,
+    localization: str | None = None,
 ) -> Prediction:
     """Classify one image file with a ``.keras`` or ``.tflite`` model (input size read from the model).
 
     Returns the ``top_k`` classes with probabilities and, with ``gradcam=True`` (``.keras`` models only), the
-    Grad-CAM heatmap of the top class and its overlay on the model input.
+    Grad-CAM heatmap of the top class and its overlay on the model input. A model trained with metadata
+    also takes the patient's ``age``, ``sex`` (male/female) and the lesion's body site ``localization``
+    (one of :data:`helpers.classes.BODY_SITES`); each left out, or not one of the known values (warned), is
+    read as unknown. An image-only model ignores them (warned).
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(CLASS_NAMES):
         raise ValueError(f"top_k must be an int in 1..{len(CLASS_NAMES)}, got {top_k!r}.")
@@ -150,7 +165,8 @@ def predict_image(
     if gradcam and model.keras_model is None:
         raise ValueError(f"Grad-CAM needs gradients, so a .keras model; {model.path} is a TFLite file.")
     image = load_image(image_path, model.img_size)
-    probs = model.predict(image[np.newaxis])[0]
+    metadata = _patient(model, age, sex, localization)
+    probs = model.predict(image[np.newaxis], metadata)[0]
     if len(probs) != len(CLASS_NAMES):
         raise ValueError(
             f"Model {model.path} outputs {len(probs)} classes; expected {len(CLASS_NAMES)} "
@@ -160,6 +176,31 @@ def predict_image(
     top = [(CLASS_NAMES[i], CLASS_FULL_NAMES[CLASS_NAMES[i]], float(probs[i])) for i in order[:top_k]]
     heatmap = overlay = None
     if gradcam:
-        heatmap = explain.gradcam(model.keras_model, image, int(order[0]))
+        heatmap = explain.gradcam(model.keras_model, image, int(order[0]), metadata=metadata)
         overlay = explain.overlay_heatmap(image, heatmap)
     return Prediction(top, dict(zip(CLASS_NAMES, map(float, probs), strict=True)), image, heatmap, overlay)
+
+
+def _patient(model: LoadedModel, age, sex, localization) -> np.ndarray | None:
+    """The encoded metadata for a metadata model (None for an image model), warning about values it ignores
+    or cannot read."""
+    given = {k: v for k, v in (("age", age), ("sex", sex), ("localization", localization)) if v is not None}
+    if not model.metadata:
+        if given:
+            warnings.warn(
+                f"{model.path.name} takes images only: {', '.join(given)} ignored (train with metadata=True "
+                "to use them).",
+                stacklevel=3,
+            )
+        return None
+    unknown = unknown_values(pd.DataFrame({k: [v] for k, v in given.items()}))
+    numeric = isinstance(age, numbers.Real) and not isinstance(age, bool)
+    if "age" in given and not numeric:
+        unknown.setdefault("age", []).append(repr(age))
+    if unknown:
+        warnings.warn(
+            f"Read as unknown (not a known value): {unknown}; sex is male/female, localization one of "
+            f"{list(BODY_SITES)}, age a number of years 0-120.",
+            stacklevel=3,
+        )
+    return encode_one(float(age) if numeric else None, sex, localization)

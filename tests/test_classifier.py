@@ -15,6 +15,7 @@ from helpers import classifier
 from helpers.classes import CLASS_NAMES
 from helpers.classifier import (
     CLASS_WEIGHT_POWERS,
+    CONSTANT_FEATURE_STD,
     feature_model,
     finalize_predictor,
     fit_classifier,
@@ -69,11 +70,12 @@ def test_refitted_layer_is_the_logistic_regression_on_raw_features(data):
     refit = retrain_classifier(model, features, data["train_y"], class_weight_power=0.0, inverse_l2=0.5)
 
     flat = features.reshape(-1, 9)
-    mean, scale = flat.mean(0), flat.std(0) + 1e-6
+    keep = flat.std(0) > CONSTANT_FEATURE_STD * flat.std(0).max()  # (nearly) constant features left out
+    mean, scale = flat[:, keep].mean(0), flat[:, keep].std(0)
     reference = LogisticRegression(C=0.5, max_iter=2000).fit(
-        (flat - mean) / scale, np.tile(data["train_y"], 2)
+        (flat[:, keep] - mean) / scale, np.tile(data["train_y"], 2)
     )
-    val_features = feature_model(model).predict(data["val_x"], verbose=0)
+    val_features = feature_model(model).predict(data["val_x"], verbose=0)[:, keep]
     expected = reference.predict_proba((val_features - mean) / scale)
     np.testing.assert_allclose(refit.predict(data["val_x"], verbose=0), expected, atol=1e-4)
 
@@ -82,6 +84,18 @@ def test_refitted_layer_is_the_logistic_regression_on_raw_features(data):
         "input untouched"
     )
     assert (refit.predict(data["val_x"], verbose=0).argmax(1) == data["val_y"]).mean() > 0.9
+
+
+def test_a_nearly_constant_feature_gets_no_weight(data):
+    """Dividing by a near-zero spread gave layer weights of ~1e6 that a float16 or int8 export cannot hold."""
+    model = _colour_model()
+    features = view_features(feature_model(model), data["train_x"], views=1)
+    noise = np.random.default_rng(0).normal(0, 1e-7, features.shape[:2])
+    features[..., 0] = 3.0 + noise  # a channel that hardly ever changes
+    refit = retrain_classifier(model, features, data["train_y"], class_weight_power=0.0)
+    kernel = refit.layers[-1].get_weights()[0]
+    assert np.all(kernel[0] == 0)
+    assert np.abs(kernel).max() < 1000  # float16 holds up to 65504; before, ~1e6
 
 
 def test_class_weights_raise_sensitivity_of_the_rare_classes(data):

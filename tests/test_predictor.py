@@ -120,7 +120,7 @@ def test_ensemble_predictor_averages_its_members_over_the_views(
 
 
 def test_ensemble_refuses_members_that_cannot_be_averaged(base: keras.Model):
-    with pytest.raises(ValueError, match="must share input shape"):
+    with pytest.raises(ValueError, match="must share image shape"):
         predictor([base, build_model("default", 24)])
     with pytest.raises(ValueError, match="non-empty list of Keras models"):
         predictor([])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -245,3 +246,40 @@ def test_real_200px_folder_with_masks_and_sources(ham200_dir):
         "rosendahl": 2259,
         "vienna_dias": 439,
     }
+
+
+# case -> (metadata text, the column, the values counted, the summary's words)
+ODD_PATIENT_VALUES = {
+    "site_spelled_differently": (
+        "image_id,dx,localization\na,mel,back\nb,nv,leg\nc,bkl,Lower_Extremity\n",
+        "localization",
+        ["leg", "Lower_Extremity"],
+        "2 localization value(s) not known, read as missing (e.g. 'leg', 'Lower_Extremity')",
+    ),
+    "negative_age": ("image_id,dx,age\na,mel,-4\nb,nv,40\n", "age", ["-4.0"], "outside 0-120"),
+    "age_over_120": ("image_id,dx,age\na,mel,130\nb,nv,40\n", "age", ["130.0"], "outside 0-120"),
+    "sex_not_male_female_unknown": (
+        "image_id,dx,sex\na,mel,M\nb,nv,female\nc,bkl,unknown\n",
+        "sex",
+        ["M"],
+        "1 sex value(s) not known, read as missing (e.g. 'M')",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_PATIENT_VALUES))
+def test_odd_patient_values_are_read_as_missing_counted_and_named(case, tmp_path):
+    """What a metadata model cannot read is treated as missing, never crashes and never becomes another
+    value: counted in the validation report and named in its summary."""
+    from helpers.clinical import encode_metadata, missing_vector
+
+    text, column, values, said = ODD_PATIENT_VALUES[case]
+    _folder(tmp_path, text)
+    df = load_metadata(tmp_path, verbose=False)
+    counted = df.attrs["validation"]["unknown_metadata_values"][column]
+    assert [str(float(v)) if column == "age" else v for v in counted] == values
+    assert said in _summary(df)
+    encoded = encode_metadata(df, missing_columns=True)
+    assert np.array_equal(encoded[0 if case != "site_spelled_differently" else 1], missing_vector(1)[0])
+    if column == "age":
+        assert pd.isna(df.loc[0, "age"])

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--class-weight-power", type=float, default=1.0, help="1 balanced, 0 unweighted")
     parser.add_argument("--ema", type=float, default=0.0, help="weight-average momentum, e.g. 0.995 (0: off)")
+    parser.add_argument(
+        "--metadata", action="store_true", help="also feed age, sex and body site (a two-input model)"
+    )
     parser.add_argument("--figures-dir", default=None)
     parser.add_argument("--no-resume", action="store_true", help="delete the run's previous state first")
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity")
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=not args.no_resume,
             max_images=args.max_images,
             held_out_source=args.held_out_source,
+            metadata=args.metadata,
             patience=args.patience,
             lr_patience=args.lr_patience,
             recipe=recipe,

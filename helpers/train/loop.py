@@ -12,9 +12,10 @@ import pandas as pd
 import tensorflow as tf
 
 from helpers.classes import CLASS_TO_INDEX, NUM_CLASSES
+from helpers.clinical import METADATA_COLUMNS, METADATA_WIDTH
 from helpers.data import load_metadata
 from helpers.files import write_json
-from helpers.models import DEFAULT_MODEL, MIN_IMG_SIZE, MODEL_NAMES, build_model, count_params
+from helpers.models import DEFAULT_MODEL, FIELD_DROPOUT, MIN_IMG_SIZE, MODEL_NAMES, build_model, count_params
 from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR
 from helpers.pipeline import make_dataset
 from helpers.plots.evaluation import plot_training_history
@@ -109,6 +110,15 @@ def _check_params(
         raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}.")
 
 
+METADATA_ENCODING = {
+    "columns": list(METADATA_COLUMNS),
+    "encoding": "helpers.clinical (age/100 + missing flag, sex one-hot, body site one-hot)",
+    "width": METADATA_WIDTH,
+    "field_dropout": FIELD_DROPOUT,
+}
+"""What a metadata run records (in its identity and manifest) about its second input."""
+
+
 def prepare_data(
     data_dir: str | Path = "auto",
     df: pd.DataFrame | None = None,
@@ -171,6 +181,7 @@ def train(
     figures_dir: str | Path | None = None,
     cache: bool | str | Path = True,
     held_out_source: str | None = None,
+    metadata: bool = False,
     verbose: int = 1,
 ) -> TrainResult:
     """Train ``model_name`` on the train split, select on the validation split, and return the result.
@@ -191,6 +202,8 @@ def train(
     in its scope; ``batch_size`` is then the global batch. Seeds Python, NumPy and
     TensorFlow and turns on TensorFlow op determinism (process-wide), so the same seed and data give the
     same weights on CPU. ``held_out_source``: see :func:`prepare_data` (a held-out-clinic check).
+    ``metadata=True`` trains the two-input model (:func:`helpers.models.add_metadata_input`) on the images and
+    their encoded age, sex and body site (:mod:`helpers.clinical`); the manifest records the encoding.
     """
     arguments = dict(locals())  # the first statement: exactly the call's arguments
     _check_params(
@@ -222,13 +235,17 @@ def train(
         "min_lr": float(min_lr),
     }
     settings = {"batch_size": batch_size, "optimiser": optimiser, "recipe": asdict(recipe)}
+    if metadata:  # only then, so image-only runs keep their names
+        settings["metadata"] = METADATA_ENCODING
     if run_dir is None:
         run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint, settings)
         ensure_writable(run_dir)
     parameters = recorded_parameters(arguments, run_dir)
     train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
     steps = max(1, len(train_df) // batch_size)
-    model = _compiled_model(model_name, img_size, learning_rate, strategy, recipe, steps * epochs, steps)
+    model = _compiled_model(
+        model_name, img_size, learning_rate, strategy, recipe, steps * epochs, steps, metadata
+    )
     identity = {
         "model_name": key,
         "img_size": img_size,
@@ -259,7 +276,13 @@ def train(
     if verbose:
         _describe_start(model, run_dir, train_df, val_df, start_epoch, epochs)
     if not _nothing_to_do(restored, start_epoch, epochs, patience, verbose):
-        data_args = {"img_size": img_size, "batch_size": batch_size, "seed": seed, "cache": cache}
+        data_args = {
+            "img_size": img_size,
+            "batch_size": batch_size,
+            "seed": seed,
+            "cache": cache,
+            "metadata": metadata,
+        }
         _fit(model, train_df, val_df, weights, checkpoint, start_epoch, epochs, data_args, verbose)
     result = _finish(model, run_dir, checkpoint, start_epoch, figures_dir)
     if verbose:
@@ -307,10 +330,11 @@ def _compiled_model(
     recipe: Recipe,
     total_steps: int,
     steps_per_epoch: int,
+    metadata: bool = False,
 ) -> keras.Model:
     """Build and compile the model (in ``strategy``'s scope) with a built optimizer, ready to be restored."""
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_model(model_name, img_size, NUM_CLASSES)
+        model = build_model(model_name, img_size, NUM_CLASSES, metadata=metadata)
         model.compile(
             optimizer=make_optimizer(learning_rate, recipe, total_steps, steps_per_epoch),
             loss=SmoothedSparseCrossentropy(recipe.label_smoothing),
