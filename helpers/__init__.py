@@ -8,7 +8,8 @@ circle; ``tests/test_package.py`` checks both):
     1 data        download, synthetic, splits,     the official download, the offline default, splits and
                   clinical, data                   class weights, age/sex/site encoding; finding and
                                                    validating CSVs and images
-    2 pipeline    pipeline, shifts                 decode once, cache uint8, augment, batch; device shifts
+    2 pipeline    augment, shifts, pipeline        augmentation; device shifts; decode once, cache uint8,
+                                                   augment, batch
     3 models      models, modelio                  architectures and cost; load/save, input size, predict
     4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
     5 figures     plots                            every figure (drawn from numbers, returns a Figure)
@@ -31,6 +32,7 @@ LAYERS: dict[str, int] = {
     "splits": 1,
     "clinical": 1,
     "data": 1,
+    "augment": 2,
     "pipeline": 2,
     "shifts": 2,
     "models": 3,

@@ -14,16 +14,14 @@ models rescale inside themselves) and int32 class ids in :data:`helpers.classes.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import numbers
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from helpers.augment import AugmentConfig, augment_images
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
 from helpers.clinical import encode_metadata
 from helpers.files import atomic_write, free_bytes, megabytes, remove_stale_temporaries
@@ -50,26 +49,7 @@ CACHE_BUDGET = 5 * 2**30
 """Default size budget (bytes) of the image-cache folder; ``DERM_CACHE_MAX_GB`` overrides it."""
 
 _CACHE_GLOB = "images_*px_n*_*.npy"
-_LUMA = (0.299, 0.587, 0.114)
 _SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation settings (each image gets its own random draw).
-
-    ``dihedral`` picks one of the 8 flips / 90-degree rotations (random transpose, horizontal and vertical
-    flip: dermoscopic images have no "up"). ``rotation_degrees`` > 0 adds a uniform rotation in +-degrees
-    with bilinear resampling and reflect padding; it is off by default because it makes the augmentation
-    4-6x slower. ``brightness`` shifts by up to +-that fraction of 255; ``contrast`` and ``saturation``
-    scale by a factor drawn from [1 - v, 1 + v].
-    """
-
-    dihedral: bool = True
-    rotation_degrees: float = 0.0
-    brightness: float = 0.1
-    contrast: float = 0.15
-    saturation: float = 0.15
 
 
 # --------------------------------------------------------------------------------------------- decoding
@@ -317,111 +297,6 @@ def load_masks(
     return masks[rows] > 0
 
 
-# --------------------------------------------------------------------------------------------- augmentation
-def augment_images(
-    images: tf.Tensor | np.ndarray, seed: tf.Tensor | Sequence[int], config: AugmentConfig | None = None
-) -> tf.Tensor:
-    """Randomly augment a batch ``(B, S, S, 3)`` (or one image ``(S, S, 3)``) of 0..255 pixels; float32 out.
-
-    Each image gets its own draw from stateless random ops keyed by ``seed`` (two integers), so the same seed
-    gives the same result. The work is XLA-compiled (fused), which keeps it far cheaper than training. A
-    fourth channel (a lesion mask, 0..255) gets the same geometric changes as its image and no colour ones.
-    """
-    x = tf.convert_to_tensor(images)
-    x = x if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
-    if x.shape.rank not in (3, 4) or x.shape[-1] not in (3, 4) or x.shape[-2] != x.shape[-3]:
-        raise ValueError(
-            f"augment_images expects square RGB images (B, S, S, 3) or (S, S, 3) (a 4th channel: a mask), "
-            f"got {x.shape}."
-        )
-    config = config or AugmentConfig()
-    fn = _compiled_augment(rotate=bool(config.rotation_degrees))
-    strengths = tf.constant(
-        [0.5 if config.dihedral else 0.0, np.deg2rad(config.rotation_degrees)]
-        + [config.brightness * 255.0, config.contrast, config.saturation],
-        dtype=tf.float32,
-    )
-    seed = tf.cast(seed, tf.int64)
-    return fn(x[tf.newaxis], seed, strengths)[0] if x.shape.rank == 3 else fn(x, seed, strengths)
-
-
-@functools.cache
-def _compiled_augment(rotate: bool) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
-    """The XLA-compiled augmentation, with or without the (costlier) arbitrary-angle rotation."""
-    return tf.function(functools.partial(_augment, rotate=rotate), jit_compile=True, autograph=False)
-
-
-def _augment(x: tf.Tensor, seed: tf.Tensor, strengths: tf.Tensor, rotate: bool) -> tf.Tensor:
-    """``strengths``: flip probability, max angle (rad), brightness (0..255), contrast, saturation."""
-    p_flip, max_angle, brightness, contrast, saturation = tf.unstack(strengths)
-    x = tf.cast(x, tf.float32)
-    batch = tf.shape(x)[0]
-    geo_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    geo = tf.random.stateless_uniform([batch, 4], geo_seed)
-    flips = geo[:, :3] < p_flip  # transpose, horizontal flip, vertical flip
-    if rotate:
-        x = _rotate(x, max_angle * (2.0 * geo[:, 3] - 1.0), flips)
-    else:
-        x = _where(flips[:, 0], tf.transpose(x, [0, 2, 1, 3]), x)
-        x = _where(flips[:, 1], tf.reverse(x, axis=[2]), x)
-        x = _where(flips[:, 2], tf.reverse(x, axis=[1]), x)
-    x, carried = x[..., :3], x[..., 3:]  # a mask channel gets the geometry only
-    colour = tf.random.stateless_uniform([batch, 3], colour_seed, minval=-1.0, maxval=1.0)
-    x = x + _per_image(brightness * colour[:, 0])
-    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    x = (x - mean) * _per_image(1.0 + contrast * colour[:, 1]) + mean
-    gray = tf.reduce_sum(x * tf.constant(_LUMA), axis=-1, keepdims=True)
-    x = (x - gray) * _per_image(1.0 + saturation * colour[:, 2]) + gray
-    return tf.concat([tf.clip_by_value(x, 0.0, 255.0), carried], axis=-1)
-
-
-def _per_image(v: tf.Tensor) -> tf.Tensor:
-    return v[:, None, None, None]
-
-
-def _where(mask: tf.Tensor, yes: tf.Tensor, no: tf.Tensor) -> tf.Tensor:
-    return tf.where(_per_image(mask), yes, no)
-
-
-def _rotate(x: tf.Tensor, angles: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
-    """Rotate each square image by ``angles`` (radians) after its flips, in one bilinear resampling pass.
-
-    Output pixel (u, v) relative to the centre samples the source at ``R(angle) @ transpose(flip(u, v))``;
-    coordinates falling outside are reflected about the border (half-sample symmetric, like Keras "reflect").
-    """
-    b, s = tf.shape(x)[0], tf.shape(x)[1]
-    size = tf.cast(s, tf.float32)
-    r = tf.range(size) - (size - 1.0) / 2.0
-    v, u = tf.meshgrid(r, r, indexing="ij")
-    transpose, flip_h, flip_v = (flips[:, i, None, None] for i in range(3))
-    u, v = tf.where(flip_h, -u, u), tf.where(flip_v, -v, v)
-    u, v = tf.where(transpose, v, u), tf.where(transpose, u, v)
-    cos, sin = tf.cos(angles)[:, None, None], tf.sin(angles)[:, None, None]
-    src_x = _reflect(cos * u - sin * v + (size - 1.0) / 2.0, size)
-    src_y = _reflect(sin * u + cos * v + (size - 1.0) / 2.0, size)
-    x0, y0 = tf.floor(src_x), tf.floor(src_y)
-    wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]
-    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
-    x1, y1 = tf.minimum(x0 + 1, s - 1), tf.minimum(y0 + 1, s - 1)
-    channels = x.shape[-1]
-    flat = tf.reshape(x, [b, s * s, channels])
-
-    def pick(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
-        indices = tf.reshape(yi * s + xi, [b, -1])
-        return tf.reshape(tf.gather(flat, indices, batch_dims=1), [b, s, s, channels])
-
-    top = pick(y0, x0) * (1.0 - wx) + pick(y0, x1) * wx
-    bottom = pick(y1, x0) * (1.0 - wx) + pick(y1, x1) * wx
-    return top * (1.0 - wy) + bottom * wy
-
-
-def _reflect(coord: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Fold pixel coordinates into [0, size - 1] by mirroring about the image border."""
-    folded = tf.math.floormod(coord + 0.5, 2.0 * size)
-    folded = tf.where(folded >= size, 2.0 * size - folded, folded) - 0.5
-    return tf.clip_by_value(folded, 0.0, size - 1.0)
-
-
 # --------------------------------------------------------------------------------------------- dataset
 def make_dataset(
     df: pd.DataFrame,
@@ -436,6 +311,7 @@ def make_dataset(
     with_masks: bool = False,
     metadata: bool = False,
     missing_metadata: bool = False,
+    class_sampling: float = 1.0,
 ) -> tf.data.Dataset:
     """Batched ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` for the rows of ``df``.
 
@@ -444,7 +320,9 @@ def make_dataset(
     (``augment=None`` means "augment when training"; pass False, True or an :class:`AugmentConfig`).
     ``training=False`` keeps the row order of ``df``. Training drops the last partial batch (so every step has
     the same shape); evaluation keeps every row. Shuffle order and augmentations are reproducible for a given
-    ``seed`` (and TF global seed, if one is set).
+    ``seed`` (and TF global seed, if one is set). ``class_sampling`` other than 1 (training only) draws each
+    batch with replacement so that a class gets a share of the draws proportional to its image count to this
+    power (0.5: square-root, 0: class-balanced); an epoch has as many batches as a shuffled pass would.
 
     ``metadata=True`` yields ``({"image": images, "metadata": vectors}, labels)`` for a metadata model: each
     row's age, sex and body site encoded by :func:`helpers.clinical.encode_metadata` (``missing_metadata``:
@@ -465,10 +343,14 @@ def make_dataset(
         tf.constant(_masks_of(df, img_size, cache, progress).astype(np.uint8) * 255) if with_masks else None
     )
 
-    ds = tf.data.Dataset.from_tensor_slices((rows, labels, np.arange(len(rows), dtype=np.int32)))
-    if training:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training and len(rows) >= batch_size)
+    index = np.arange(len(rows), dtype=np.int32)
+    if training and class_sampling != 1.0:
+        ds = _class_sampled_batches(rows, labels, batch_size, seed, class_sampling)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((rows, labels, index))
+        if training:
+            ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=training and len(rows) >= batch_size)
 
     def gather(r: tf.Tensor, y: tf.Tensor, i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         x = tf.gather(pixels, r)
@@ -490,6 +372,24 @@ def make_dataset(
     else:
         ds = ds.map(lambda x, y, i: (x, y))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _class_sampled_batches(
+    rows: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, power: float
+) -> tf.data.Dataset:
+    """Batches of ``(rows, labels, row index)`` drawn with replacement, class ``c`` getting a share of the
+    draws proportional to ``n_c ** power``; as many batches per epoch as a shuffled pass over the rows."""
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(np.float64)
+    weights = counts[labels] ** (power - 1.0)
+    logits = tf.constant(np.log(weights / weights.sum())[None, :], dtype=tf.float32)
+    rows_t, labels_t = tf.constant(rows), tf.constant(labels)
+
+    def draw(s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        index = tf.random.stateless_categorical(logits, batch_size, s, dtype=tf.int32)[0]
+        return tf.gather(rows_t, index), tf.gather(labels_t, index), index
+
+    seeds = tf.data.Dataset.random(seed=seed + 7919, rerandomize_each_iteration=True).batch(2)
+    return seeds.take(max(1, len(rows) // batch_size)).map(draw)
 
 
 def _masks_of(df: pd.DataFrame, img_size: int, cache: bool | str | Path, progress: bool) -> np.ndarray:

@@ -4,7 +4,7 @@ validation scoring, selection and checkpoints, and finish the run."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -234,7 +234,7 @@ def train(
         "lr_patience": int(lr_patience),
         "min_lr": float(min_lr),
     }
-    settings = {"batch_size": batch_size, "optimiser": optimiser, "recipe": asdict(recipe)}
+    settings = {"batch_size": batch_size, "optimiser": optimiser, "recipe": recipe.settings()}
     if metadata:  # only then, so image-only runs keep their names
         settings["metadata"] = METADATA_ENCODING
     if run_dir is None:
@@ -283,7 +283,10 @@ def train(
             "cache": cache,
             "metadata": metadata,
         }
-        _fit(model, train_df, val_df, weights, checkpoint, start_epoch, epochs, data_args, verbose)
+        train_args = {"augment": recipe.augment, "class_sampling": recipe.class_sampling}
+        _fit(
+            model, train_df, val_df, weights, checkpoint, start_epoch, epochs, data_args, train_args, verbose
+        )
     result = _finish(model, run_dir, checkpoint, start_epoch, figures_dir)
     if verbose:
         print(result.summary())
@@ -299,10 +302,11 @@ def _fit(
     start_epoch: int,
     epochs: int,
     data_args: dict,
+    train_args: dict,
     verbose: int,
 ) -> None:
     """Fit from ``start_epoch`` to ``epochs`` with the validation scorer first and the checkpoint last."""
-    train_ds = make_dataset(train_df, training=True, progress=verbose > 0, **data_args)
+    train_ds = make_dataset(train_df, training=True, progress=verbose > 0, **data_args, **train_args)
     val_ds = make_dataset(val_df, training=False, progress=verbose > 0, **data_args)
     for _ in range(start_epoch):  # advance the shuffle/augmentation seeds to the resumed epoch
         iter(train_ds)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import keras
 import numpy as np
+
+from helpers.augment import AugmentConfig
 
 SCHEDULES = ("plateau", "cosine")
 
@@ -27,6 +29,10 @@ class Recipe:
     average over the last ~200 steps); validation, model selection and ``best.keras`` then use the averaged
     weights, which move less from epoch to epoch than the last step's. Training itself (and a resume)
     continues from the raw weights. (On DermaMNIST it did not help; see ``benchmarks/dermamnist.py``.)
+    ``augment`` is the training augmentation (:class:`helpers.augment.AugmentConfig`). ``class_sampling``
+    draws each training batch so that a class gets a share of the draws proportional to its image count to
+    this power (1: the natural shuffle, 0.5: square-root, 0: class-balanced; pair it with
+    ``class_weight_power=0``).
     """
 
     schedule: str = "plateau"
@@ -35,6 +41,8 @@ class Recipe:
     label_smoothing: float = 0.0
     class_weight_power: float = 1.0
     ema: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    class_sampling: float = 1.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -53,12 +61,27 @@ class Recipe:
                 is_number(self.class_weight_power) and self.class_weight_power >= 0,
             ),
             ("ema", self.ema, is_number(self.ema) and 0 <= self.ema < 1),
+            ("augment", self.augment, isinstance(self.augment, AugmentConfig)),
+            (
+                "class_sampling",
+                self.class_sampling,
+                is_number(self.class_sampling) and self.class_sampling >= 0,
+            ),
         )
         for name, value, ok in checks:
             if not ok:
                 raise ValueError(
                     f"Recipe.{name} got {value!r}; see help(helpers.train.Recipe) for valid values."
                 )
+
+    def settings(self) -> dict:
+        """The recipe as JSON values for a run's identity and manifest; ``augment`` and ``class_sampling``
+        only when not the defaults, so runs recorded before those options existed keep their identity."""
+        settings = asdict(self)
+        for name, default in (("augment", asdict(AugmentConfig())), ("class_sampling", 1.0)):
+            if settings[name] == default:
+                del settings[name]
+        return settings
 
     def weights(self, balanced: dict[int, float]) -> dict[int, float]:
         """The class weights to train with: the balanced ones raised to ``class_weight_power``."""

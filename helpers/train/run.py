@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import subprocess
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,7 +141,7 @@ def recorded_parameters(arguments: dict, run_dir: Path) -> dict:
         run_dir=str(run_dir),
         df=None if arguments["df"] is None else f"DataFrame with {len(arguments['df'])} rows",
         strategy=type(arguments["strategy"]).__name__ if arguments["strategy"] else None,
-        recipe=asdict(resolve_recipe(arguments["recipe"])),
+        recipe=resolve_recipe(arguments["recipe"]).settings(),
     )
     return recorded
 
