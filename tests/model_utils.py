@@ -1,9 +1,11 @@
-"""Test-only model utilities shared by the export and prediction tests."""
+"""Test-only model utilities shared by the export, prediction and evaluation tests."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+
+from helpers.classes import CLASS_NAMES
 
 
 def set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
@@ -19,3 +21,13 @@ def set_batchnorm_statistics(model: keras.Model, images: np.ndarray) -> None:
     model(images.astype(np.float32), training=True)
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
+
+
+def tiny_model(size: int, seed: int = 0) -> keras.Model:
+    """A small seeded CNN on ``size`` px images; Flatten keeps it sensitive to flips and shifts."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x))

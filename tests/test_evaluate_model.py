@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from model_utils import tiny_model
 
 from helpers import evaluate as ev
 from helpers import metrics, modelio
@@ -25,13 +26,7 @@ PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
 
 
 def _tiny_model() -> keras.Model:
-    """A small seeded CNN; Flatten keeps it sensitive to flips, so TTA visibly changes its outputs."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((IMG_SIZE, IMG_SIZE, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x))
+    return tiny_model(IMG_SIZE)
 
 
 def _assert_same(actual, expected, where: str = "metrics") -> None:

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from model_utils import tiny_model
 
 from helpers import evaluate as ev
 from helpers import shifts
-from helpers.classes import CLASS_NAMES
 from helpers.data import load_metadata
 from helpers.metrics import compute_metrics
 from helpers.modelio import keras_predict
@@ -86,12 +86,7 @@ def data(synthetic_dir: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def model() -> keras.Model:
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x))
+    return tiny_model(SIZE, seed=1)
 
 
 def test_shift_report_scores_each_shift_against_clean(model, data):
