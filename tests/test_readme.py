@@ -78,6 +78,8 @@ def check_papermill(argv: list[str], tmp_path: Path) -> None:
 
     ensure_synthetic_dataset(SYNTHETIC_DIR)  # what data_dir="auto" makes on first use
     out = Path(argv[2])
+    # a fresh checkout has only the folders git keeps (each with its README): papermill will not create one
+    assert (ROOT / out.parent / "README.md").is_file(), f"{out.parent}/ does not exist in a fresh checkout"
     done = run(argv)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (ROOT / out).is_file()
