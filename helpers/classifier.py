@@ -31,9 +31,9 @@ from helpers.models import IMAGE_INPUT, check_views, dihedral_view, predictor, u
 from helpers.pipeline import load_images
 from helpers.splits import class_weights
 
-CONSTANT_FEATURE_STD = 1e-3
-"""A feature whose spread over the training images is below this fraction of the largest spread is treated
-as constant by :func:`retrain_classifier` (its weights are 0)."""
+CONSTANT_FEATURE_STD = 1e-2
+"""A feature whose spread over the training images is below this fraction of the largest spread, or of its
+own mean, is treated as constant by :func:`retrain_classifier` (its weights are 0)."""
 
 CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
 """Strengths tried by :func:`fit_classifier`: balanced class weights raised to this power (on DermaMNIST
@@ -85,13 +85,15 @@ def view_features(features: keras.Model, images, views: int = 8, batch_size: int
     return np.stack([predict_images(features, dihedral_inputs(images, v), batch_size) for v in range(views)])
 
 
-def standardising_scale(std: np.ndarray) -> np.ndarray:
+def standardising_scale(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """What :func:`retrain_classifier` divides each feature by: its spread ``std``, or ``inf`` (the feature is
     left out, its weights 0) for a (nearly) constant feature, whose spread is below
-    :data:`CONSTANT_FEATURE_STD` x the largest: dividing by a tiny spread would give the layer weights of
-    ~1e6, which a float16 export cannot hold (its largest number is 65,504)."""
+    :data:`CONSTANT_FEATURE_STD` x the largest spread or x its own mean ``mean``: dividing by a tiny spread
+    gives the layer weights of ~1e4-1e6 cancelled by as large a bias, which a float16 export cannot hold (its
+    largest number is 65,504, its precision 3 digits)."""
     largest = max(float(std.max()), 1e-12)
-    return np.where(std > CONSTANT_FEATURE_STD * largest, std, np.inf)
+    varies = (std > CONSTANT_FEATURE_STD * largest) & (std > CONSTANT_FEATURE_STD * np.abs(mean))
+    return np.where(varies, std, np.inf)
 
 
 def retrain_classifier(
@@ -129,7 +131,8 @@ def retrain_classifier(
     weights = {c: w**class_weight_power for c, w in class_weights(y).items()}
     views = train_features.shape[0]
     f = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)  # float32: twice as fast
-    mean, scale = f.mean(axis=0), standardising_scale(f.std(axis=0))
+    mean = f.mean(axis=0)
+    scale = standardising_scale(f.std(axis=0), mean)
     regression = LogisticRegression(C=inverse_l2, class_weight=weights, max_iter=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # near-converged after max_iter is still fine

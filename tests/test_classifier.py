@@ -70,7 +70,9 @@ def test_refitted_layer_is_the_logistic_regression_on_raw_features(data):
     refit = retrain_classifier(model, features, data["train_y"], class_weight_power=0.0, inverse_l2=0.5)
 
     flat = features.reshape(-1, 9)
-    keep = flat.std(0) > CONSTANT_FEATURE_STD * flat.std(0).max()  # (nearly) constant features left out
+    spread = flat.std(0)  # (nearly) constant features are left out
+    level = np.maximum(spread.max(), np.abs(flat.mean(0)))
+    keep = spread > CONSTANT_FEATURE_STD * level
     mean, scale = flat[:, keep].mean(0), flat[:, keep].std(0)
     reference = LogisticRegression(C=0.5, max_iter=2000).fit(
         (flat[:, keep] - mean) / scale, np.tile(data["train_y"], 2)
@@ -86,12 +88,19 @@ def test_refitted_layer_is_the_logistic_regression_on_raw_features(data):
     assert (refit.predict(data["val_x"], verbose=0).argmax(1) == data["val_y"]).mean() > 0.9
 
 
-def test_a_nearly_constant_feature_gets_no_weight(data):
-    """Dividing by a near-zero spread gave layer weights of ~1e6 that a float16 or int8 export cannot hold."""
+@pytest.mark.parametrize(
+    "level, spread",
+    [(3.0, 1e-7), (50.0, 0.05)],  # tiny spread; a spread fine beside the others but 0.1% of its own level
+    ids=["tiny_spread", "tiny_relative_to_its_mean"],
+)
+def test_a_nearly_constant_feature_gets_no_weight(data, level: float, spread: float):
+    """Dividing by a near-zero spread gave layer weights of ~1e4-1e6, cancelled by as large a bias, that a
+    float16 or int8 export cannot hold."""
     model = _colour_model()
     features = view_features(feature_model(model), data["train_x"], views=1)
-    noise = np.random.default_rng(0).normal(0, 1e-7, features.shape[:2])
-    features[..., 0] = 3.0 + noise  # a channel that hardly ever changes
+    assert spread > CONSTANT_FEATURE_STD * features.std(axis=(0, 1)).max() or spread < 1e-6
+    noise = np.random.default_rng(0).normal(0, spread, features.shape[:2])
+    features[..., 0] = level + noise  # a channel that hardly ever changes
     refit = retrain_classifier(model, features, data["train_y"], class_weight_power=0.0)
     kernel = refit.layers[-1].get_weights()[0]
     assert np.all(kernel[0] == 0)
