@@ -3,8 +3,8 @@
 Modules in layers; a module imports only from its own layer or the ones above it in this list (never in a
 circle; ``tests/test_package.py`` checks both):
 
-    0 base        classes, paths, files            class codes and body sites, project folders, atomic
-                                                   writes and JSON
+    0 base        classes, paths, files, logs      class codes and body sites, project and work folders,
+                                                   atomic writes and JSON, TensorFlow's log noise
     1 data        download, synthetic, splits,     the official download, the offline default, splits and
                   clinical, data                   class weights, age/sex/site encoding; finding and
                                                    validating CSVs and images
@@ -21,12 +21,17 @@ circle; ``tests/test_package.py`` checks both):
 Notebooks and ``benchmarks/`` sit above every layer.
 """
 
-from helpers.classes import CLASS_NAMES, NUM_CLASSES
+from helpers.logs import quiet_tensorflow
+
+quiet_tensorflow()  # before anything imports TensorFlow
+
+from helpers.classes import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 
 LAYERS: dict[str, int] = {
     "classes": 0,
     "paths": 0,
     "files": 0,
+    "logs": 0,
     "download": 1,
     "synthetic": 1,
     "splits": 1,

@@ -20,7 +20,7 @@ from PIL import Image
 from helpers.classes import CLASS_NAMES
 from helpers.clinical import unknown_values, valid_ages
 from helpers.download import DownloadError, download_ham10000
-from helpers.paths import DATA_DIR, resolve_input
+from helpers.paths import DATA_DIR, WORK_DIR, kaggle_root, resolve_input
 from helpers.splits import SPLITS
 
 __all__ = [
@@ -43,9 +43,9 @@ MASK_SUFFIX = "_segmentation"
 """A lesion mask is ``<image_id>_segmentation.png`` (HAM10000's official masks, Tschandl et al. 2020)."""
 MASK_FOLDER_WORD = "segmentation"
 """A PNG in a folder whose name holds this word (``HAM10000_segmentations_lesion_tschandl``) is a mask."""
-KAGGLE_INPUT_DIR = Path("/kaggle/input/skin-cancer-mnist-ham10000")
+KAGGLE_INPUT_DIR = kaggle_root() / "input" / "skin-cancer-mnist-ham10000"
 HAM10000_DIR = DATA_DIR / "HAM10000"
-SYNTHETIC_DIR = DATA_DIR / "synthetic"
+SYNTHETIC_DIR = WORK_DIR / "data" / "synthetic"
 _PREFERRED_CSV_NAMES = ("ham10000_metadata.csv", "ham10000_metadata.tab", "metadata.csv")
 _MAX_LISTED = 10
 

@@ -111,7 +111,8 @@ def gradcam_maps(
     layer = model.get_layer(layer_name) if layer_name else gradcam_layer(model)
     head = model.layers[-1]
     use_logits = isinstance(head, keras.layers.Dense) and head.activation is keras.activations.softmax
-    grad_model = keras.Model(model.inputs, [layer.output, head.input if use_logits else model.output])
+    model_inputs_ = model.inputs if len(model.inputs) > 1 else model.inputs[0]  # one input: fed a tensor
+    grad_model = keras.Model(model_inputs_, [layer.output, head.input if use_logits else model.output])
     maps = []
     for start in range(0, len(images), batch_size):
         rows = slice(start, start + batch_size)

@@ -41,6 +41,13 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+def section(text: str, heading: str) -> str:
+    """The README's ``## heading`` section (up to the next ``## ``)."""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    assert match, f"README has no section '## {heading}'"
+    return match.group(1)
+
+
 def run(argv: list[str], cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     if argv[0] in (".venv/bin/python", "python3", "python"):
         argv = [PYTHON, *argv[1:]]
@@ -162,7 +169,7 @@ def test_readme_command_runs(command: str, tmp_path: Path):
 
 @pytest.mark.slow
 def test_readme_python_example_runs(tmp_path: Path):
-    (code,) = python_blocks(README.read_text())
+    (code,) = python_blocks(section(README.read_text(), "Python API"))
     script = tmp_path / "example.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n{code}")
     done = run([".venv/bin/python", str(script)], cwd=tmp_path)
