@@ -60,7 +60,7 @@ from helpers.data import load_metadata  # noqa: E402
 from helpers.evaluate import explanation_report, shift_report  # noqa: E402
 from helpers.export import export_report, representative_sample  # noqa: E402
 from helpers.files import write_json  # noqa: E402
-from helpers.metrics import compute_metrics, label_ids, majority_metrics  # noqa: E402
+from helpers.metrics import compute_metrics, label_ids, majority_metrics, majority_probs  # noqa: E402
 from helpers.modelio import load_keras_model, predict_images, save_keras_model  # noqa: E402
 from helpers.models import (  # noqa: E402
     IMAGE_INPUT,
@@ -72,6 +72,7 @@ from helpers.models import (  # noqa: E402
 )
 from helpers.paths import MODELS_DIR, PROJECT_ROOT  # noqa: E402
 from helpers.pipeline import load_images  # noqa: E402
+from helpers.plots.results import METRIC_LABELS  # noqa: E402
 from helpers.splits import split_by_lesion, split_by_source, subsample  # noqa: E402
 from helpers.train import RECIPES, Recipe, train  # noqa: E402
 
@@ -83,7 +84,7 @@ MIN_HELD_OUT_IMAGES = 30
 """Balanced accuracy on the held-out clinic averages the classes it has at least this many images of."""
 
 PLAIN, TUNED = RECIPES["plain"], RECIPES["tuned"]
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "mel_sensitivity")
+HEADLINE = tuple(METRIC_LABELS)
 GOALS = {
     "balanced_accuracy": 0.70,
     "macro_auc": 0.96,
@@ -373,7 +374,7 @@ def run(args: argparse.Namespace) -> dict:
     for r in rows:
         if r["predictor"] in predictors:
             model = predictors[r["predictor"]]
-            probs = predict(model, test) if model is not None else _always_nv(len(test.labels))
+            probs = predict(model, test) if model is not None else majority_probs(len(test.labels))
             r["test"] = scores(test.labels, probs, n_bootstrap=1000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -406,12 +407,6 @@ def run(args: argparse.Namespace) -> dict:
     if args.with_metadata:
         result["metadata"] = metadata_rows(args, lesion, held, data, tuned)
     return result
-
-
-def _always_nv(n: int) -> np.ndarray:
-    probs = np.zeros((n, len(CLASS_NAMES)))
-    probs[:, CLASS_NAMES.index("nv")] = 1.0
-    return probs
 
 
 def metadata_rows(

@@ -518,12 +518,17 @@ def selection_score(y_true: Sequence | np.ndarray, probs: np.ndarray) -> float:
     return float((pred == y).mean() + balanced + macro_f1) / 3
 
 
+def majority_probs(n: int, majority_class: str = "nv") -> np.ndarray:
+    """Probabilities of always answering ``majority_class`` (probability 1) for ``n`` images."""
+    probs = np.zeros((n, len(CLASS_NAMES)))
+    probs[:, CLASS_TO_INDEX[majority_class]] = 1.0
+    return probs
+
+
 def majority_metrics(y_true: Sequence | np.ndarray, majority_class: str = "nv") -> dict:
     """:func:`compute_metrics` of always answering ``majority_class`` (probability 1), per class included."""
     y = label_ids(y_true)
-    probs = np.zeros((len(y), len(CLASS_NAMES)))
-    probs[:, CLASS_TO_INDEX[majority_class]] = 1.0
-    return compute_metrics(y, probs, n_bootstrap=0)
+    return compute_metrics(y, majority_probs(len(y), majority_class), n_bootstrap=0)
 
 
 def per_class_comparison(
