@@ -185,6 +185,36 @@ def background_ratio(heatmap: np.ndarray, mask: np.ndarray) -> float:
     return float(heatmap[~mask].mean()) / inside if inside > 0 else float("nan")
 
 
+MISS_PLACES = ("no heatmap", "next to the lesion", "dark frame", "image border", "skin")
+"""Where :func:`miss_place` finds the maximum of a heatmap that misses the lesion."""
+
+
+def miss_place(image: np.ndarray, heatmap: np.ndarray, mask: np.ndarray, near_px: float) -> str:
+    """Where the maximum of a heatmap lies when it is not on the lesion (one of :data:`MISS_PLACES`), in
+    this order: ``no heatmap`` (zero everywhere: no positive evidence for the class), ``next to the lesion``
+    (within ``near_px`` of the mask, e.g. one Grad-CAM cell), ``dark frame`` (a pixel darker than half the
+    median brightness of the skin: the dermoscope's vignette, hair or ink), ``image border`` (the outer
+    eighth of the image) or ``skin``. ``image`` ``(H, W, 3)``, ``heatmap`` ``(H, W)`` and the bool ``mask``
+    are the same size."""
+    if image.shape[:2] != heatmap.shape or heatmap.shape != mask.shape:
+        raise ValueError(
+            f"image {image.shape[:2]}, heatmap {heatmap.shape} and mask {mask.shape} must be the same size."
+        )
+    if not heatmap.any():
+        return MISS_PLACES[0]
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    if mask.any() and distance_transform_edt(~mask)[row, col] <= near_px:
+        return MISS_PLACES[1]
+    brightness = image.astype(np.float32).mean(axis=-1)
+    skin = brightness[~mask] if not mask.all() else brightness.ravel()
+    if brightness[row, col] < 0.5 * np.median(skin):
+        return MISS_PLACES[2]
+    height, width = mask.shape
+    if min(row, col, height - 1 - row, width - 1 - col) < min(height, width) / 8:
+        return MISS_PLACES[3]
+    return MISS_PLACES[4]
+
+
 def centred_blob(size: int, area_fraction: float) -> np.ndarray:
     """A centred Gaussian ``(size, size)`` whose one-sigma disc covers ``area_fraction`` of the image: the
     baseline that "the lesion is usually in the middle" scores without looking at the image."""

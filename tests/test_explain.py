@@ -22,6 +22,7 @@ from helpers.explain import (
     gradcam,
     gradcam_layer,
     gradcam_maps,
+    miss_place,
     pointing_hit,
 )
 from helpers.models import build_model, dihedral_view
@@ -53,6 +54,28 @@ def test_energy_inside_and_background_ratio():
     assert background_ratio(heat, mask) == pytest.approx(0.25)
     assert np.isnan(energy_inside(np.zeros((10, 10)), mask))
     assert np.isnan(background_ratio(heat, np.ones((10, 10), bool)))
+
+
+@pytest.mark.parametrize(
+    ("peak", "place"),
+    [
+        ((20, 24), "next to the lesion"),  # 4 px right of the lesion, near_px 4
+        ((30, 30), "dark frame"),  # a dark pixel (hair, ink, vignette) away from the lesion
+        ((2, 20), "image border"),  # on skin in the outer eighth
+        ((32, 10), "skin"),
+    ],
+)
+def test_miss_place_says_where_a_missing_heatmap_peaks(peak: tuple[int, int], place: str):
+    image = np.full((40, 40, 3), 180, np.uint8)
+    image[28:32, 28:32] = 40
+    mask = np.zeros((40, 40), bool)
+    mask[15:25, 10:21] = True
+    heat = np.zeros((40, 40))
+    heat[peak] = 1.0
+    assert miss_place(image, heat, mask, near_px=4) == place
+    assert miss_place(image, np.zeros((40, 40)), mask, near_px=4) == "no heatmap"
+    with pytest.raises(ValueError, match="same size"):
+        miss_place(image, heat[:20], mask, near_px=4)
 
 
 def test_centred_blob_covers_the_asked_area_and_peaks_in_the_middle():
