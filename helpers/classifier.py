@@ -24,10 +24,19 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
-from helpers.clinical import encode_metadata
+from helpers.clinical import drop_fields, encode_metadata
 from helpers.metrics import fit_prior_shift, label_ids, prior_shift_weights, selection_score
 from helpers.modelio import model_inputs, predict_images
-from helpers.models import IMAGE_INPUT, check_views, dihedral_view, predictor, uses_metadata
+from helpers.models import (
+    ALL_FIELDS_DROPOUT,
+    FIELD_DROPOUT,
+    IMAGE_INPUT,
+    METADATA_INPUT,
+    check_views,
+    dihedral_view,
+    predictor,
+    uses_metadata,
+)
 from helpers.pipeline import load_images
 from helpers.splits import class_weights
 
@@ -78,11 +87,26 @@ def _pooled_output(model: keras.Model, name: str):
     return keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(layers[name].output)
 
 
-def view_features(features: keras.Model, images, views: int = 8, batch_size: int = 256) -> np.ndarray:
+def view_features(
+    features: keras.Model, images, views: int = 8, batch_size: int = 256, drop_metadata: bool = False
+) -> np.ndarray:
     """Features of the first ``views`` dihedral views of ``images`` (an array, or a metadata model's
-    ``{"image", "metadata"}`` dict): shape ``(views, n, d)``."""
+    ``{"image", "metadata"}`` dict): shape ``(views, n, d)``. ``drop_metadata``: each view sees the metadata
+    with fields set to missing as in training (:func:`helpers.clinical.drop_fields`, seeded by the view), so
+    that a classifier fitted on them answers sensibly when fields are unknown."""
     views = check_views(views)
-    return np.stack([predict_images(features, dihedral_inputs(images, v), batch_size) for v in range(views)])
+    per_view = [_dropped(images, v) if drop_metadata else images for v in range(views)]
+    return np.stack(
+        [predict_images(features, dihedral_inputs(x, v), batch_size) for v, x in enumerate(per_view)]
+    )
+
+
+def _dropped(inputs, seed: int):
+    """A metadata model's inputs with metadata fields dropped as in training; other inputs as they are."""
+    if not isinstance(inputs, dict):
+        return inputs
+    vectors = drop_fields(np.asarray(inputs[METADATA_INPUT]), FIELD_DROPOUT, ALL_FIELDS_DROPOUT, seed)
+    return {**inputs, METADATA_INPUT: vectors}
 
 
 def standardising_scale(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -160,9 +184,11 @@ def fit_classifier(
     """:func:`retrain_classifier` for each class-weight power; returns the model whose ``views``-view
     averaged validation predictions have the best :func:`~helpers.metrics.selection_score`, and its power.
     Train images fit the layer, validation images only choose the power (never the test split). ``pooled``:
-    see :func:`feature_model`. For a metadata model, the images are ``{"image", "metadata"}`` dicts."""
+    see :func:`feature_model`. For a metadata model, the images are ``{"image", "metadata"}`` dicts, and the
+    layer is fitted on training features with metadata fields dropped as in training (so that it keeps
+    working when fields are unknown); validation keeps the real metadata."""
     features = feature_model(model, pooled)
-    train_f = view_features(features, train_images, views)
+    train_f = view_features(features, train_images, views, drop_metadata=True)
     val_f = view_features(features, val_images, views)
     candidates = [
         (retrain_classifier(model, train_f, train_labels, p, pooled=pooled), float(p)) for p in powers

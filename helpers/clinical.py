@@ -85,6 +85,19 @@ def missing_vector(n: int = 1) -> np.ndarray:
     return encode_metadata(pd.DataFrame(index=range(n)), missing_columns=True)
 
 
+def drop_fields(vectors: np.ndarray, field_rate: float, all_rate: float, seed: int) -> np.ndarray:
+    """A copy of encoded ``vectors`` ``(n, METADATA_WIDTH)`` with each field of each row set to missing with
+    probability ``field_rate`` and every field of a row with probability ``all_rate`` (seeded): the NumPy
+    twin of :class:`helpers.models.MetadataDropout`, for training a classifier on fixed features."""
+    rng = np.random.default_rng(seed)
+    slices = list(FIELD_SLICES.values())
+    drop = (rng.random((len(vectors), len(slices))) < field_rate) | (rng.random((len(vectors), 1)) < all_rate)
+    out, missing = np.array(vectors, dtype=np.float32, copy=True), missing_vector(1)[0]
+    for j, columns in enumerate(slices):
+        out[drop[:, j], columns] = missing[columns]
+    return out
+
+
 def encode_one(
     age: float | None = None, sex: str | None = None, localization: str | None = None
 ) -> np.ndarray:

@@ -17,11 +17,27 @@ from train_utils import run_training, same_weights
 from helpers import evaluate as ev
 from helpers.classes import BODY_SITES
 from helpers.classifier import finalize_predictor
-from helpers.clinical import FIELD_SLICES, METADATA_WIDTH, encode_metadata, encode_one, missing_vector
+from helpers.clinical import (
+    FIELD_SLICES,
+    METADATA_WIDTH,
+    drop_fields,
+    encode_metadata,
+    encode_one,
+    missing_vector,
+)
 from helpers.data import load_metadata
 from helpers.export import export_report, load_interpreter, representative_sample, tflite_predict
 from helpers.modelio import keras_predict, load_keras_model, predict_images, save_keras_model
-from helpers.models import MetadataDropout, build_model, count_params, dihedral_view, predictor, uses_metadata
+from helpers.models import (
+    ALL_FIELDS_DROPOUT,
+    FIELD_DROPOUT,
+    MetadataDropout,
+    build_model,
+    count_params,
+    dihedral_view,
+    predictor,
+    uses_metadata,
+)
 from helpers.pipeline import load_images, make_dataset
 from helpers.predict import predict_image
 from helpers.train import prepare_data
@@ -69,18 +85,30 @@ def test_two_input_model_takes_raw_pixels_and_metadata():
     )
 
 
-def test_metadata_dropout_drops_whole_fields_in_training_only():
+@pytest.mark.parametrize("twin", ["keras layer", "numpy"])
+def test_metadata_dropout_drops_whole_fields_and_sometimes_all(twin: str):
+    """Each field alone with FIELD_DROPOUT, every field at once with ALL_FIELDS_DROPOUT; the Keras layer (in
+    training only) and its NumPy twin for the re-trained classifier draw the same way."""
     layer = build_model("default", SIZE, metadata=True).get_layer("metadata_dropout")
     assert isinstance(layer, MetadataDropout)
     x = np.repeat(encode_one(40, "female", "back"), 4000, 0)
     assert np.array_equal(np.asarray(layer(x, training=False)), x)
-    out = np.asarray(layer(x, training=True))
+    if twin == "keras layer":
+        out = np.asarray(layer(x, training=True))
+    else:
+        out = drop_fields(x, FIELD_DROPOUT, ALL_FIELDS_DROPOUT, seed=0)
+        np.testing.assert_array_equal(out, drop_fields(x, FIELD_DROPOUT, ALL_FIELDS_DROPOUT, seed=0))
     missing = missing_vector(1)[0]
+    every = np.ones(len(x), bool)
     for field, columns in FIELD_SLICES.items():
         dropped = (out[:, columns] == missing[columns]).all(axis=1)
         kept = (out[:, columns] == x[:, columns]).all(axis=1)
         assert (dropped | kept).all(), f"{field}: a field is dropped whole or kept whole"
-        assert dropped.mean() == pytest.approx(0.25, abs=0.03), field
+        expected = 1 - (1 - FIELD_DROPOUT) * (1 - ALL_FIELDS_DROPOUT)
+        assert dropped.mean() == pytest.approx(expected, abs=0.03), field
+        every &= dropped
+    expected_all = ALL_FIELDS_DROPOUT + (1 - ALL_FIELDS_DROPOUT) * FIELD_DROPOUT ** len(FIELD_SLICES)
+    assert every.mean() == pytest.approx(expected_all, abs=0.025)
 
 
 def test_predictor_repeats_the_metadata_for_every_view():

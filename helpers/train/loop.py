@@ -15,7 +15,15 @@ from helpers.classes import CLASS_TO_INDEX, NUM_CLASSES
 from helpers.clinical import METADATA_COLUMNS, METADATA_WIDTH
 from helpers.data import load_metadata
 from helpers.files import write_json
-from helpers.models import DEFAULT_MODEL, FIELD_DROPOUT, MIN_IMG_SIZE, MODEL_NAMES, build_model, count_params
+from helpers.models import (
+    ALL_FIELDS_DROPOUT,
+    DEFAULT_MODEL,
+    FIELD_DROPOUT,
+    MIN_IMG_SIZE,
+    MODEL_NAMES,
+    build_model,
+    count_params,
+)
 from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR
 from helpers.pipeline import make_dataset
 from helpers.plots.evaluation import plot_training_history
@@ -115,6 +123,7 @@ METADATA_ENCODING = {
     "encoding": "helpers.clinical (age/100 + missing flag, sex one-hot, body site one-hot)",
     "width": METADATA_WIDTH,
     "field_dropout": FIELD_DROPOUT,
+    "all_fields_dropout": ALL_FIELDS_DROPOUT,
 }
 """What a metadata run records (in its identity and manifest) about its second input."""
 
