@@ -207,21 +207,33 @@ class MetadataDropout(keras.layers.Layer):
         return {**super().get_config(), **config}
 
 
+FUSIONS = ("concat", "film")
+"""How a metadata model joins the metadata to the image features (:func:`add_metadata_input`)."""
+
+
 def add_metadata_input(
     image_model: keras.Model,
     units: int = METADATA_UNITS,
     field_dropout: float = FIELD_DROPOUT,
     all_dropout: float = ALL_FIELDS_DROPOUT,
+    fusion: str = "concat",
 ) -> keras.Model:
-    """``image_model`` with a second input, the encoded metadata (:mod:`helpers.clinical`), fused by
-    concatenation: the metadata (after :class:`MetadataDropout`) goes through a ``units``-wide dense block
-    and joins the image's pooled features just before a new softmax classifier. The image part keeps its
-    layers (and raw 0-255 pixel input); the model takes ``{"image": ..., "metadata": ...}``."""
+    """``image_model`` with a second input, the encoded metadata (:mod:`helpers.clinical`). The metadata
+    (after :class:`MetadataDropout`) goes through a ``units``-wide dense block, then ``fusion``:
+
+    - ``"concat"``: it joins the image's pooled features just before a new softmax classifier;
+    - ``"film"`` (feature-wise linear modulation): it scales and shifts each pooled image feature,
+      ``f * s(m) + t(m)``, starting from the identity (``s`` = 1, ``t`` = 0), before the classifier.
+
+    The image part keeps its layers (and raw 0-255 pixel input); the model takes ``{"image": ...,
+    "metadata": ...}``."""
     head = image_model.layers[-1]
     if not isinstance(head, keras.layers.Dense):
         raise ValueError(
             f"{image_model.name} does not end in a Dense classifier; cannot add a metadata input."
         )
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
     fields = np.zeros(METADATA_WIDTH, dtype=int)
     for i, columns in enumerate(FIELD_SLICES.values()):
         fields[columns] = i
@@ -230,7 +242,16 @@ def add_metadata_input(
     dropout = MetadataDropout(field_dropout, fields.tolist(), missing, all_dropout, name="metadata_dropout")
     m = dropout(metadata)
     m = keras.layers.Dense(units, activation="relu", name="metadata_dense")(m)
-    x = keras.layers.Concatenate(name="image_and_metadata")([head.input, m])
+    if fusion == "concat":
+        x = keras.layers.Concatenate(name="image_and_metadata")([head.input, m])
+    else:
+        width = head.input.shape[-1]
+        scale = keras.layers.Dense(
+            width, kernel_initializer="zeros", bias_initializer="ones", name="film_scale"
+        )
+        shift = keras.layers.Dense(width, kernel_initializer="zeros", name="film_shift")
+        x = keras.layers.Multiply(name="film_scaled")([head.input, scale(m)])
+        x = keras.layers.Add(name="image_and_metadata")([x, shift(m)])
     outputs = keras.layers.Dense(head.units, activation="softmax", name="predictions")(x)
     return keras.Model([image_model.input, metadata], outputs, name=f"{image_model.name}_metadata")
 
@@ -425,10 +446,15 @@ DEFAULT_MODEL = "dermsep_net"
 
 
 def build_model(
-    name: str, img_size: int, num_classes: int = NUM_CLASSES, metadata: bool = False, **kwargs
+    name: str,
+    img_size: int,
+    num_classes: int = NUM_CLASSES,
+    metadata: bool = False,
+    fusion: str = "concat",
+    **kwargs,
 ) -> keras.Model:
     """Build a model by name (``"default"`` means ``DEFAULT_MODEL``) for ``img_size`` x ``img_size`` RGB; with
-    ``metadata`` a two-input model that also takes the encoded age, sex and body site
+    ``metadata`` a two-input model that also takes the encoded age, sex and body site, joined by ``fusion``
     (:func:`add_metadata_input`)."""
     key = DEFAULT_MODEL if name == "default" else name
     if not isinstance(key, str) or key not in MODEL_BUILDERS:
@@ -436,7 +462,7 @@ def build_model(
             f"Unknown model name {name!r}; valid names: {', '.join(('default',) + MODEL_NAMES)}."
         )
     model = MODEL_BUILDERS[key](img_size=img_size, num_classes=num_classes, **kwargs)
-    return add_metadata_input(model) if metadata else model
+    return add_metadata_input(model, fusion=fusion) if metadata else model
 
 
 def count_params(model: keras.Model, exclude_preprocessing: bool = True) -> int:

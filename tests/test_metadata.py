@@ -31,6 +31,7 @@ from helpers.modelio import keras_predict, load_keras_model, predict_images, sav
 from helpers.models import (
     ALL_FIELDS_DROPOUT,
     FIELD_DROPOUT,
+    METADATA_UNITS,
     MetadataDropout,
     build_model,
     count_params,
@@ -83,6 +84,27 @@ def test_two_input_model_takes_raw_pixels_and_metadata():
     assert not np.allclose(
         keras_predict(model, images, metadata=young), keras_predict(model, images, metadata=old)
     )
+
+
+def test_film_fusion_starts_as_the_identity_then_lets_the_metadata_scale_each_feature():
+    model = build_model("default", SIZE, metadata=True, fusion="film")
+    concat = build_model("default", SIZE, metadata=True)
+    width = model.get_layer("predictions").input.shape[-1]
+    extra = 2 * (METADATA_UNITS * width + width) - METADATA_UNITS * 7  # scale, shift; narrower classifier
+    assert count_params(model) - count_params(concat) == extra
+    fused = keras.Model(model.inputs, model.get_layer("image_and_metadata").output)
+    pooled = keras.Model(model.inputs, model.get_layer("film_scaled").input[0])
+    images = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    young, old = (np.repeat(encode_one(*v), 2, 0) for v in ((5, "male", "foot"), (80, "female", "back")))
+    features = np.asarray(pooled({"image": images, "metadata": young}))
+    for vectors in (young, old):  # scale 1, shift 0: the metadata has no effect yet
+        np.testing.assert_allclose(np.asarray(fused({"image": images, "metadata": vectors})), features)
+    scale = model.get_layer("film_scale")
+    scale.set_weights([np.full_like(w, 0.05) for w in scale.get_weights()])
+    a, b = (np.asarray(fused({"image": images, "metadata": v})) for v in (young, old))
+    assert not np.allclose(a, b) and not np.allclose(a, features)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        build_model("default", SIZE, metadata=True, fusion="gate")
 
 
 @pytest.mark.parametrize("twin", ["keras layer", "numpy"])

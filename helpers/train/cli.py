@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from helpers.models import MODEL_NAMES
+from helpers.models import FUSIONS, MODEL_NAMES
 from helpers.train.loop import train
 from helpers.train.recipes import SCHEDULES, Recipe
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metadata", action="store_true", help="also feed age, sex and body site (a two-input model)"
     )
+    parser.add_argument(
+        "--fusion", default="concat", choices=FUSIONS, help="how --metadata joins the image features"
+    )
     parser.add_argument("--figures-dir", default=None)
     parser.add_argument("--no-resume", action="store_true", help="delete the run's previous state first")
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity")
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             max_images=args.max_images,
             held_out_source=args.held_out_source,
             metadata=args.metadata,
+            fusion=args.fusion,
             patience=args.patience,
             lr_patience=args.lr_patience,
             recipe=recipe,

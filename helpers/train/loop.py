@@ -19,6 +19,7 @@ from helpers.models import (
     ALL_FIELDS_DROPOUT,
     DEFAULT_MODEL,
     FIELD_DROPOUT,
+    FUSIONS,
     MIN_IMG_SIZE,
     MODEL_NAMES,
     build_model,
@@ -191,6 +192,7 @@ def train(
     cache: bool | str | Path = True,
     held_out_source: str | None = None,
     metadata: bool = False,
+    fusion: str = "concat",
     verbose: int = 1,
 ) -> TrainResult:
     """Train ``model_name`` on the train split, select on the validation split, and return the result.
@@ -212,7 +214,8 @@ def train(
     TensorFlow and turns on TensorFlow op determinism (process-wide), so the same seed and data give the
     same weights on CPU. ``held_out_source``: see :func:`prepare_data` (a held-out-clinic check).
     ``metadata=True`` trains the two-input model (:func:`helpers.models.add_metadata_input`) on the images and
-    their encoded age, sex and body site (:mod:`helpers.clinical`); the manifest records the encoding.
+    their encoded age, sex and body site (:mod:`helpers.clinical`), joined by ``fusion`` (``"concat"`` or
+    ``"film"``); the manifest records the encoding.
     """
     arguments = dict(locals())  # the first statement: exactly the call's arguments
     _check_params(
@@ -244,8 +247,12 @@ def train(
         "min_lr": float(min_lr),
     }
     settings = {"batch_size": batch_size, "optimiser": optimiser, "recipe": recipe.settings()}
+    if fusion not in FUSIONS or (fusion != "concat" and not metadata):
+        raise ValueError(
+            f"fusion must be one of {FUSIONS} (other than 'concat' only with metadata=True), got {fusion!r}."
+        )
     if metadata:  # only then, so image-only runs keep their names
-        settings["metadata"] = METADATA_ENCODING
+        settings["metadata"] = {**METADATA_ENCODING, **({"fusion": fusion} if fusion != "concat" else {})}
     if run_dir is None:
         run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint, settings)
         ensure_writable(run_dir)
@@ -253,7 +260,7 @@ def train(
     train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
     steps = max(1, len(train_df) // batch_size)
     model = _compiled_model(
-        model_name, img_size, learning_rate, strategy, recipe, steps * epochs, steps, metadata
+        model_name, img_size, learning_rate, strategy, recipe, steps * epochs, steps, metadata, fusion
     )
     identity = {
         "model_name": key,
@@ -344,10 +351,11 @@ def _compiled_model(
     total_steps: int,
     steps_per_epoch: int,
     metadata: bool = False,
+    fusion: str = "concat",
 ) -> keras.Model:
     """Build and compile the model (in ``strategy``'s scope) with a built optimizer, ready to be restored."""
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_model(model_name, img_size, NUM_CLASSES, metadata=metadata)
+        model = build_model(model_name, img_size, NUM_CLASSES, metadata=metadata, fusion=fusion)
         model.compile(
             optimizer=make_optimizer(learning_rate, recipe, total_steps, steps_per_epoch),
             loss=SmoothedSparseCrossentropy(recipe.label_smoothing),
