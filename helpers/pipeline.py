@@ -312,6 +312,7 @@ def make_dataset(
     metadata: bool = False,
     missing_metadata: bool = False,
     class_sampling: float = 1.0,
+    first_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """Batched ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` for the rows of ``df``.
 
@@ -323,6 +324,11 @@ def make_dataset(
     ``seed`` (and TF global seed, if one is set). ``class_sampling`` other than 1 (training only) draws each
     batch with replacement so that a class gets a share of the draws proportional to its image count to this
     power (0.5: square-root, 0: class-balanced); an epoch has as many batches as a shuffled pass would.
+
+    ``first_epoch`` (training only): an endless stream of epochs from that one on, each epoch's shuffle and
+    augmentation keyed by its number alone (stateless), instead of one epoch that reshuffles on every new
+    iterator. Copies of the dataset (one per replica or worker of a ``tf.distribute`` strategy) and a resumed
+    run then read exactly the same batches; ``epoch_steps`` gives the batches per epoch.
 
     ``metadata=True`` yields ``({"image": images, "metadata": vectors}, labels)`` for a metadata model: each
     row's age, sex and body site encoded by :func:`helpers.clinical.encode_metadata` (``missing_metadata``:
@@ -344,7 +350,10 @@ def make_dataset(
     )
 
     index = np.arange(len(rows), dtype=np.int32)
-    if training and class_sampling != 1.0:
+    keyed = training and first_epoch is not None
+    if keyed:
+        ds = _keyed_epochs(rows, labels, batch_size, seed, class_sampling, first_epoch)
+    elif training and class_sampling != 1.0:
         ds = _class_sampled_batches(rows, labels, batch_size, seed, class_sampling)
     else:
         ds = tf.data.Dataset.from_tensor_slices((rows, labels, index))
@@ -356,9 +365,18 @@ def make_dataset(
         x = tf.gather(pixels, r)
         return (x if masks is None else tf.concat([x, tf.gather(masks, i)[..., None]], axis=-1)), y, i
 
-    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    if keyed:  # batches of (rows, labels, index, augmentation seed)
+        ds = ds.map(lambda r, y, i, s: (*gather(r, y, i), s), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     if config is None:
-        ds = ds.map(lambda x, y, i: (tf.cast(x, tf.float32), y, i), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda *batch: (tf.cast(batch[0], tf.float32), *batch[1:3]), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    elif keyed:
+        ds = ds.map(
+            lambda x, y, i, s: (augment_images(x, s, config), y, i), num_parallel_calls=tf.data.AUTOTUNE
+        )
     else:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
@@ -372,6 +390,47 @@ def make_dataset(
     else:
         ds = ds.map(lambda x, y, i: (x, y))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_steps(n_rows: int, batch_size: int) -> int:
+    """Batches in a training epoch of ``n_rows`` rows (the last partial batch dropped, unless it is the only
+    one)."""
+    return max(1, n_rows // batch_size)
+
+
+def _keyed_epochs(
+    rows: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, power: float, first_epoch: int
+) -> tf.data.Dataset:
+    """Endless training batches ``(rows, labels, row index, augmentation seed)`` from epoch ``first_epoch``
+    on; epoch ``e`` is a function of ``(seed, e)`` only: a stateless shuffle (or, for ``power`` other than 1,
+    stateless class-weighted draws as :func:`_class_sampled_batches`)."""
+    steps, size = epoch_steps(len(rows), batch_size), min(batch_size, len(rows))
+    rows_t, labels_t = tf.constant(rows), tf.constant(labels)
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(np.float64)
+    weights = counts[labels] ** (power - 1.0)
+    logits = tf.constant(np.log(weights / weights.sum())[None, :], dtype=tf.float32)
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        step_keys = e * steps + tf.range(steps, dtype=tf.int64)
+        if power == 1.0:
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(len(rows), dtype=tf.int32), tf.stack([tf.constant(seed, tf.int64), e])
+            )
+            index = tf.reshape(order[: steps * size], (steps, size))
+        else:
+            index = tf.map_fn(
+                lambda k: tf.random.stateless_categorical(
+                    logits, size, tf.stack([tf.constant(seed + 7919, tf.int64), k]), dtype=tf.int32
+                )[0],
+                step_keys,
+                fn_output_signature=tf.int32,
+            )
+        augment_seeds = tf.stack([tf.fill([steps], tf.constant(seed + 1, tf.int64)), step_keys], axis=1)
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.gather(rows_t, index), tf.gather(labels_t, index), index, augment_seeds)
+        )
+
+    return tf.data.Dataset.counter(first_epoch, dtype=tf.int64).flat_map(epoch)
 
 
 def _class_sampled_batches(

@@ -13,7 +13,14 @@ from PIL import Image
 
 from helpers import pipeline
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
-from helpers.pipeline import AugmentConfig, augment_images, decode_image, load_images, make_dataset
+from helpers.pipeline import (
+    AugmentConfig,
+    augment_images,
+    decode_image,
+    epoch_steps,
+    load_images,
+    make_dataset,
+)
 from helpers.plots import pipeline as pipeline_plots
 
 SIZE = 16
@@ -258,6 +265,38 @@ def test_same_seed_same_stream_different_seed_differs(tiny_df, cache):
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0], a[1])  # a new shuffle and new augmentations every epoch
     assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("class_sampling", [1.0, 0.0])
+def test_epochs_keyed_by_number_are_the_same_from_any_start(tiny_df, cache, class_sampling: float):
+    """first_epoch: an endless stream whose epoch k is the same whether the stream starts at 0 or at k (how a
+    resumed run, and every copy a tf.distribute strategy makes, reads the data); every epoch differs."""
+
+    def epochs(first: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        ds = make_dataset(
+            tiny_df,
+            SIZE,
+            BATCH,
+            True,
+            seed=3,
+            cache=cache,
+            progress=False,
+            first_epoch=first,
+            class_sampling=class_sampling,
+        )
+        steps = epoch_steps(len(tiny_df), BATCH)
+        batches = list(ds.take(n * steps).as_numpy_iterator())
+        return [
+            tuple(np.concatenate(part) for part in zip(*batches[i * steps : (i + 1) * steps], strict=True))
+            for i in range(n)
+        ]
+
+    from_start, from_two = epochs(0, 3), epochs(2, 1)
+    np.testing.assert_array_equal(from_two[0][0], from_start[2][0])
+    np.testing.assert_array_equal(from_two[0][1], from_start[2][1])
+    assert not np.array_equal(from_start[0][0], from_start[1][0])
+    again = epochs(0, 1)  # a new iterator of the same settings: the same epoch 0
+    np.testing.assert_array_equal(again[0][0], from_start[0][0])
 
 
 def test_augment_images_is_reproducible_and_in_range():

@@ -132,12 +132,26 @@ def check_accuracy_benchmark(argv: list[str], tmp_path: Path) -> None:
     assert args is not None
 
 
+def check_multi_worker(argv: list[str], tmp_path: Path) -> None:
+    """Run word for word, two at once, by tests/test_workers.py; here: a cluster that names this worker."""
+    import json
+
+    from helpers.train.cli import main
+
+    config = json.loads(argv[0].split("=", 1)[1])
+    assert 0 <= config["task"]["index"] < len(config["cluster"]["worker"])
+    with pytest.raises(SystemExit) as done:
+        main([*argv[4:], "--help"])
+    assert done.value.code == 0
+
+
 RULES = [
     (r"^python3 tasks\.py (main|test)\b", check_tasks),
     (r"^\.venv/bin/papermill notebooks/", check_papermill),
     (r"^\.venv/bin/jupyter lab\b", check_jupyter),
     (r"^\.venv/bin/python -m helpers\.download\b", check_download),
     (r"^\.venv/bin/python -m helpers\.train\b", check_train_cli),
+    (r"^TF_CONFIG='.*' \.venv/bin/python -m helpers\.train --multi-worker\b", check_multi_worker),
     (r"^\.venv/bin/python benchmarks/figures\.py\b", check_figures),
     (r"^\.venv/bin/python benchmarks/throughput\.py\b", check_throughput),
     (r"^\.venv/bin/python benchmarks/(dermamnist|ham10000)\.py\b", check_accuracy_benchmark),

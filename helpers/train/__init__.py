@@ -25,7 +25,8 @@ Run from the command line: ``python -m helpers.train --data-dir auto --epochs 15
 
 Modules, each importing only those before it: ``recipes`` (how the weights are optimised), ``selection``
 (validation scores, best epoch, early stopping), ``run`` (run name, manifest), ``checkpoint`` (crash-safe
-snapshots and resume), ``loop`` (:func:`train`) and ``cli`` (the command line).
+snapshots and resume), ``workers`` (several machines), ``loop`` (:func:`train`) and ``cli`` (the command
+line).
 """
 
 from helpers.train.checkpoint import BACKUP_DIR, CrashSafeCheckpoint, read_backup_state, resume_summary

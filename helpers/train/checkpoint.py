@@ -75,6 +75,12 @@ def _latest_snapshot(run_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
+def latest_snapshot(run_dir: str | Path) -> Path | None:
+    """The folder of the newest complete snapshot in ``run_dir`` (None when no epoch has completed)."""
+    found = _latest_snapshot(Path(run_dir))
+    return None if found is None else found[0]
+
+
 def read_backup_state(run_dir: str | Path) -> dict | None:
     """The resume state saved after the last completed epoch of ``run_dir`` (None when there is none).
 

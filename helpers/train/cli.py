@@ -8,6 +8,7 @@ import sys
 from helpers.models import FUSIONS, MODEL_NAMES
 from helpers.train.loop import train
 from helpers.train.recipes import SCHEDULES, Recipe
+from helpers.train.workers import cluster_strategy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +40,17 @@ def main(argv: list[str] | None = None) -> int:
         "--fusion", default="concat", choices=FUSIONS, help="how --metadata joins the image features"
     )
     parser.add_argument("--figures-dir", default=None)
+    parser.add_argument(
+        "--multi-worker",
+        action="store_true",
+        help="one worker of a cluster described by TF_CONFIG (MultiWorkerMirroredStrategy); only the chief "
+        "writes --run-dir",
+    )
     parser.add_argument("--no-resume", action="store_true", help="delete the run's previous state first")
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity")
     args = parser.parse_args(argv)
     try:
+        strategy = cluster_strategy() if args.multi_worker else None
         recipe = Recipe(
             schedule=args.schedule,
             weight_decay=args.weight_decay,
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             lr_patience=args.lr_patience,
             recipe=recipe,
             figures_dir=args.figures_dir,
+            strategy=strategy,
             verbose=args.verbose,
         )
     except (ValueError, OSError) as err:

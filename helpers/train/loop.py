@@ -4,7 +4,7 @@ validation scoring, selection and checkpoints, and finish the run."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -26,7 +26,7 @@ from helpers.models import (
     count_params,
 )
 from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR
-from helpers.pipeline import make_dataset
+from helpers.pipeline import epoch_steps, make_dataset
 from helpers.plots.evaluation import plot_training_history
 from helpers.splits import class_weights, data_fingerprint, split_by_lesion, split_by_source, subsample
 from helpers.train.checkpoint import (
@@ -53,6 +53,7 @@ from helpers.train.run import (
     recorded_parameters,
 )
 from helpers.train.selection import SELECTION_METRIC, BalancedSelection, EpochSummary, ValidationMetrics
+from helpers.train.workers import is_chief, synchronize_batch_norm, writing_dir
 
 
 @dataclass
@@ -210,7 +211,9 @@ def train(
     schedule, weight decay, label smoothing, softer class weights, weight averaging. The test split is never
     used. ``run_dir`` defaults to ``models/<default_run_name>``, ``figures_dir`` to
     ``visualizations/<run_dir name>``. ``strategy`` (a ``tf.distribute`` strategy) builds and trains the model
-    in its scope; ``batch_size`` is then the global batch. Seeds Python, NumPy and
+    in its scope; ``batch_size`` is then the global batch. With a multi-worker strategy
+    (:func:`helpers.train.workers.cluster_strategy`) every worker makes the same call and only the chief
+    writes ``run_dir`` (:func:`helpers.train.workers.writing_dir`). Seeds Python, NumPy and
     TensorFlow and turns on TensorFlow op determinism (process-wide), so the same seed and data give the
     same weights on CPU. ``held_out_source``: see :func:`prepare_data` (a held-out-clinic check).
     ``metadata=True`` trains the two-input model (:func:`helpers.models.add_metadata_input`) on the images and
@@ -233,7 +236,8 @@ def train(
     recipe = resolve_recipe(recipe)
     if run_dir is not None:
         run_dir = Path(run_dir).expanduser().resolve()
-    ensure_writable(MODELS_DIR if run_dir is None else run_dir)  # before any data is read
+    if is_chief(strategy):  # only the chief of a multi-worker cluster writes the run folder
+        ensure_writable(MODELS_DIR if run_dir is None else run_dir)  # before any data is read
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -255,7 +259,8 @@ def train(
         settings["metadata"] = {**METADATA_ENCODING, **({"fusion": fusion} if fusion != "concat" else {})}
     if run_dir is None:
         run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint, settings)
-        ensure_writable(run_dir)
+        if is_chief(strategy):
+            ensure_writable(run_dir)
     parameters = recorded_parameters(arguments, run_dir)
     train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
     steps = max(1, len(train_df) // batch_size)
@@ -271,39 +276,55 @@ def train(
         "architecture": architecture_signature(model),
         **settings,
     }
-    snapshot, restored = resume_point(run_dir, identity, resume)
-    if snapshot is not None:
-        restore(model, snapshot, strategy)
+    with writing_dir(run_dir, strategy) as write_dir:  # a temporary folder on a worker that is not the chief
+        snapshot, restored = resume_point(write_dir, identity, resume)
+        if snapshot is not None:
+            restore(model, snapshot, strategy)
 
-    weights = recipe.weights(class_weights(train_df["dx"]))
-    manifest = restored["manifest"] if restored else new_manifest(parameters, data, identity, weights)
-    start_epoch = restored["epoch"] if restored else 0
-    open_session(manifest, parameters, start_epoch, strategy)
-    reduce_lr = None
-    if recipe.schedule == "plateau":
-        reduce_lr = keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", mode="min", factor=lr_factor, patience=lr_patience, min_lr=min_lr
+        weights = recipe.weights(class_weights(train_df["dx"]))
+        manifest = restored["manifest"] if restored else new_manifest(parameters, data, identity, weights)
+        start_epoch = restored["epoch"] if restored else 0
+        open_session(manifest, parameters, start_epoch, strategy)
+        reduce_lr = None
+        if recipe.schedule == "plateau":
+            reduce_lr = keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", mode="min", factor=lr_factor, patience=lr_patience, min_lr=min_lr
+            )
+        selection = BalancedSelection(patience, restored["selection"] if restored else None)
+        history = pd.read_csv(snapshot / "history.csv") if snapshot is not None else None
+        checkpoint = CrashSafeCheckpoint(
+            write_dir, selection, reduce_lr, identity, manifest, restored, history
         )
-    selection = BalancedSelection(patience, restored["selection"] if restored else None)
-    history = pd.read_csv(snapshot / "history.csv") if snapshot is not None else None
-    checkpoint = CrashSafeCheckpoint(run_dir, selection, reduce_lr, identity, manifest, restored, history)
-    remove_temporaries(run_dir)  # left by a process killed while writing
-    checkpoint.publish()  # repairs a kill between a snapshot's commit and its publication
-    if verbose:
-        _describe_start(model, run_dir, train_df, val_df, start_epoch, epochs)
-    if not _nothing_to_do(restored, start_epoch, epochs, patience, verbose):
-        data_args = {
-            "img_size": img_size,
-            "batch_size": batch_size,
-            "seed": seed,
-            "cache": cache,
-            "metadata": metadata,
-        }
-        train_args = {"augment": recipe.augment, "class_sampling": recipe.class_sampling}
-        _fit(
-            model, train_df, val_df, weights, checkpoint, start_epoch, epochs, data_args, train_args, verbose
-        )
-    result = _finish(model, run_dir, checkpoint, start_epoch, figures_dir)
+        remove_temporaries(write_dir)  # left by a process killed while writing
+        checkpoint.publish()  # repairs a kill between a snapshot's commit and its publication
+        if verbose:
+            _describe_start(model, run_dir, train_df, val_df, start_epoch, epochs)
+        if not _nothing_to_do(restored, start_epoch, epochs, patience, verbose):
+            data_args = {
+                "img_size": img_size,
+                "batch_size": batch_size,
+                "seed": seed,
+                "cache": cache,
+                "metadata": metadata,
+            }
+            train_args = {"augment": recipe.augment, "class_sampling": recipe.class_sampling}
+            _fit(
+                model,
+                train_df,
+                val_df,
+                weights,
+                checkpoint,
+                start_epoch,
+                epochs,
+                data_args,
+                train_args,
+                verbose,
+            )
+        if write_dir != run_dir:
+            figures_dir = write_dir / "figures"
+        result = _finish(model, write_dir, checkpoint, start_epoch, figures_dir)
+    if write_dir != run_dir:  # what the chief wrote
+        result = replace(result, run_dir=run_dir, best_model_path=run_dir / "best.keras", figure_path=None)
     if verbose:
         print(result.summary())
     return result
@@ -322,17 +343,30 @@ def _fit(
     verbose: int,
 ) -> None:
     """Fit from ``start_epoch`` to ``epochs`` with the validation scorer first and the checkpoint last."""
-    train_ds = make_dataset(train_df, training=True, progress=verbose > 0, **data_args, **train_args)
+    # One stream for the whole fit: epoch k draws the k-th shuffle/augmentation. Under several replicas the
+    # strategy copies the dataset (per device, per worker), and a copy does not share the original's shuffle
+    # state: there each epoch is keyed by its number (make_dataset's first_epoch), so every copy, and a run
+    # resumed at start_epoch, reads the same batches as an uninterrupted run.
+    several = model.distribute_strategy.num_replicas_in_sync > 1
+    train_ds = make_dataset(
+        train_df,
+        training=True,
+        progress=verbose > 0,
+        first_epoch=start_epoch if several else None,
+        **data_args,
+        **train_args,
+    )
     val_ds = make_dataset(val_df, training=False, progress=verbose > 0, **data_args)
-    for _ in range(start_epoch):  # advance the shuffle/augmentation seeds to the resumed epoch
-        iter(train_ds)
+    if not several:
+        for _ in range(start_epoch):  # advance the shuffle/augmentation seeds to the resumed epoch
+            iter(train_ds)
     callbacks = [ValidationMetrics(val_ds, val_df["dx"].map(CLASS_TO_INDEX).to_numpy())]
     callbacks += [c for c in (checkpoint.selection, checkpoint.reduce_lr, checkpoint) if c is not None]
     callbacks += [keras.callbacks.ProgbarLogger()]
     callbacks += [EpochSummary(epochs, checkpoint.selection)] if verbose else []
     model.fit(
-        train_ds.repeat(),  # one iterator for the whole fit: epoch k draws the k-th shuffle/augmentation
-        steps_per_epoch=int(train_ds.cardinality()),
+        train_ds if several else train_ds.repeat(),
+        steps_per_epoch=epoch_steps(len(train_df), data_args["batch_size"]),
         epochs=epochs,
         initial_epoch=start_epoch,
         class_weight=weights,
@@ -356,6 +390,7 @@ def _compiled_model(
     """Build and compile the model (in ``strategy``'s scope) with a built optimizer, ready to be restored."""
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(model_name, img_size, NUM_CLASSES, metadata=metadata, fusion=fusion)
+        synchronize_batch_norm(model, strategy)  # the same moving statistics on every worker
         model.compile(
             optimizer=make_optimizer(learning_rate, recipe, total_steps, steps_per_epoch),
             loss=SmoothedSparseCrossentropy(recipe.label_smoothing),
