@@ -199,3 +199,17 @@ def test_batch_norm_is_synchronized_only_across_replicas():
     assert not any(layer.get_config()["synchronized"] for layer in norms)  # one process: as before
     assert synchronize_batch_norm(model, _Replicas(2)) == len(norms) > 10
     assert all(layer.get_config()["synchronized"] for layer in norms)
+
+
+@pytest.mark.parametrize("config", [None, "not json", '{"cluster": {"worker": ["127.0.0.1:1"]}}'])
+def test_multi_worker_without_a_usable_tf_config_says_how_to_set_it(monkeypatch, capsys, config):
+    from helpers.train.cli import main
+
+    if config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", config)
+    assert main(["--multi-worker", "--epochs", "1"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: multi-worker training reads the cluster from TF_CONFIG")
+    assert '"task": {"type": "worker", "index": 0}' in message
