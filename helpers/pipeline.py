@@ -406,9 +406,7 @@ def _keyed_epochs(
     stateless class-weighted draws as :func:`_class_sampled_batches`)."""
     steps, size = epoch_steps(len(rows), batch_size), min(batch_size, len(rows))
     rows_t, labels_t = tf.constant(rows), tf.constant(labels)
-    counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(np.float64)
-    weights = counts[labels] ** (power - 1.0)
-    logits = tf.constant(np.log(weights / weights.sum())[None, :], dtype=tf.float32)
+    logits = _row_logits(labels, power)
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
         step_keys = e * steps + tf.range(steps, dtype=tf.int64)
@@ -433,14 +431,20 @@ def _keyed_epochs(
     return tf.data.Dataset.counter(first_epoch, dtype=tf.int64).flat_map(epoch)
 
 
+def _row_logits(labels: np.ndarray, power: float) -> tf.Tensor:
+    """Log-probabilities ``(1, n)`` of drawing each row, so that class ``c`` gets a share of the draws
+    proportional to ``n_c ** power``."""
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(np.float64)
+    weights = counts[labels] ** (power - 1.0)
+    return tf.constant(np.log(weights / weights.sum())[None, :], dtype=tf.float32)
+
+
 def _class_sampled_batches(
     rows: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, power: float
 ) -> tf.data.Dataset:
     """Batches of ``(rows, labels, row index)`` drawn with replacement, class ``c`` getting a share of the
     draws proportional to ``n_c ** power``; as many batches per epoch as a shuffled pass over the rows."""
-    counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(np.float64)
-    weights = counts[labels] ** (power - 1.0)
-    logits = tf.constant(np.log(weights / weights.sum())[None, :], dtype=tf.float32)
+    logits = _row_logits(labels, power)
     rows_t, labels_t = tf.constant(rows), tf.constant(labels)
 
     def draw(s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -205,16 +205,12 @@ def check_page(found: dict, images: int) -> None:
 
 
 @pytest.mark.slow
-def test_notebook_01_runs_in_jupyterlab(browser, lab):
-    found = run_all(browser, lab, "01_explore_metadata")
+@pytest.mark.parametrize(
+    ("name", "images"),
+    [("01_explore_metadata", 5), ("05_evaluate", 6)],  # 05: on the model trained in the fixture
+)
+def test_notebook_runs_in_jupyterlab(browser, lab, name: str, images: int):
+    found = run_all(browser, lab, name)
     assert found["code_cells"] > 5, found
-    check_page(found, images=5)
-    assert (SCREENSHOTS / "01_explore_metadata.png").stat().st_size > 50_000
-
-
-@pytest.mark.slow
-def test_notebook_05_runs_in_jupyterlab_on_a_model_trained_here(browser, lab):
-    found = run_all(browser, lab, "05_evaluate")
-    assert found["code_cells"] > 5, found
-    check_page(found, images=6)
-    assert (SCREENSHOTS / "05_evaluate.png").stat().st_size > 50_000
+    check_page(found, images=images)
+    assert (SCREENSHOTS / f"{name}.png").stat().st_size > 50_000
