@@ -190,15 +190,30 @@ def fit_classifier(
     features = feature_model(model, pooled)
     train_f = view_features(features, train_images, views, drop_metadata=True)
     val_f = view_features(features, val_images, views)
+    return classifier_from_features(model, train_f, train_labels, val_f, val_labels, powers, pooled=pooled)
+
+
+def classifier_from_features(
+    model: keras.Model,
+    train_features: np.ndarray,
+    train_labels: Sequence | np.ndarray,
+    val_features: np.ndarray,
+    val_labels: Sequence | np.ndarray,
+    powers: Sequence[float] = CLASS_WEIGHT_POWERS,
+    pooled: Sequence[str] = (),
+) -> tuple[keras.Model, float]:
+    """:func:`fit_classifier` on features already computed by :func:`view_features` (``(views, n, d)`` for
+    train and val)."""
     candidates = [
-        (retrain_classifier(model, train_f, train_labels, p, pooled=pooled), float(p)) for p in powers
+        (retrain_classifier(model, train_features, train_labels, p, pooled=pooled), float(p)) for p in powers
     ]
+    return max(candidates, key=lambda c: selection_score(val_labels, view_probs(c[0], val_features)))
 
-    def val_score(candidate: tuple[keras.Model, float]) -> float:
-        probs = keras.ops.convert_to_numpy(candidate[0].layers[-1](val_f)).mean(axis=0)
-        return selection_score(val_labels, probs)
 
-    return max(candidates, key=val_score)  # ties: the first, i.e. the weaker weighting
+def view_probs(refit: keras.Model, features: np.ndarray) -> np.ndarray:
+    """``refit``'s last layer on ``(views, n, d)`` features, averaged over the views: its ``views``-view
+    test-time-augmented probabilities, without running the network again."""
+    return keras.ops.convert_to_numpy(refit.layers[-1](features)).mean(axis=0)
 
 
 def multi_scale_layers(model: keras.Model) -> tuple[str, ...]:
@@ -255,12 +270,19 @@ def retrained_network(
     stages, once more with the :func:`multi_scale_layers` pooled in; the one with the better
     :func:`tta_score` on val (ties: single-scale) and its choices (``class_weight_power``, ``pooled``)."""
     stages = multi_scale_layers(model) if multi_scale else ()
-    options = [()] + ([stages] if stages else [])
-    candidates = [
-        (*fit_classifier(model, train_inputs, train_labels, val_inputs, val_labels, views=views, pooled=p), p)
-        for p in options
-    ]
-    refit, power, pooled = max(candidates, key=lambda c: tta_score(c[0], val_inputs, val_labels, views))
+    features = feature_model(model, stages)  # computed once: the network's own features are its first columns
+    train_f = view_features(features, train_inputs, views, drop_metadata=True)
+    val_f = view_features(features, val_inputs, views)
+    width = feature_model(model).output.shape[-1]
+    candidates = []
+    for pooled in [()] + ([stages] if stages else []):
+        columns = slice(None) if pooled else slice(0, width)
+        train_p, val_p = train_f[..., columns], val_f[..., columns]
+        refit, power = classifier_from_features(
+            model, train_p, train_labels, val_p, val_labels, pooled=pooled
+        )
+        candidates.append((selection_score(val_labels, view_probs(refit, val_p)), refit, power, pooled))
+    _, refit, power, pooled = max(candidates, key=lambda c: c[0])  # ties: the first, single-scale
     return refit, {"class_weight_power": power, "pooled": list(pooled)}
 
 
