@@ -28,7 +28,7 @@ masks, Grad-CAM's pointing game and energy inside the lesion (:func:`helpers.eva
 second input (its predictor saved as ``models/ham10000/best_metadata.keras``), and that model with every
 field missing.
 
-    .venv/bin/python benchmarks/ham10000.py                    # ~70 min on a 2-core CPU (budget: 75)
+    .venv/bin/python benchmarks/ham10000.py                    # 84 min on a 2-core CPU (budget: 75)
     .venv/bin/python benchmarks/ham10000.py --with-metadata    # + the metadata rows (~40 min more)
     .venv/bin/python benchmarks/ham10000.py --metadata-only    # the metadata rows, added to the JSON
     .venv/bin/python benchmarks/ham10000.py --smoke            # minutes: 2 epochs, 600 images (a check)
@@ -53,7 +53,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from throughput import machine_info  # noqa: E402  (benchmarks/throughput.py)
 
-from helpers.augment import AugmentConfig  # noqa: E402
 from helpers.classes import CLASS_NAMES  # noqa: E402
 from helpers.classifier import finalize_predictor, prior_shifted_predictor, retrained_network  # noqa: E402
 from helpers.clinical import encode_metadata, missing_vector  # noqa: E402
@@ -94,11 +93,6 @@ GOALS = {
     "macro_f1": 0.68,
 }
 HELD_OUT_GOALS = {"balanced_accuracy_6": 0.55, "macro_auc": 0.88}
-DEVICE_AUGMENT = AugmentConfig(
-    rotation_degrees=45.0, scale=(0.75, 1.3), gains=0.15, hue=0.1, gamma=0.25, blur=0.5, vignette=0.3
-)
-"""The tried lever: the tuned recipe's augmentation plus what a change of device does (the shift suite's
-kinds: zoom, white balance, hue, gamma, defocus, a dermoscope frame), each drawn per image."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,12 +109,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--metadata-only",
         action="store_true",
         help="only the metadata rows, added to an existing --results JSON (its image-only rows kept)",
-    )
-    parser.add_argument(
-        "--device-augment-only",
-        action="store_true",
-        help="only the held-out-clinic check of the tuned recipe with device augmentation (a tried lever), "
-        "added to an existing --results JSON",
     )
     parser.add_argument(
         "--report-images", type=int, default=600, help="test images for the shift and Grad-CAM reports"
@@ -451,16 +439,6 @@ def metadata_rows(
     return out
 
 
-def device_augment_check(args, held: pd.DataFrame) -> dict:
-    """The held-out-clinic check of the tuned recipe with :data:`DEVICE_AUGMENT`, and its finished
-    predictor's score on that split's val (the other clinics)."""
-    recipe = dataclasses.replace(TUNED, augment=DEVICE_AUGMENT)
-    out = held_out(args, held, "dermsep_net-tuned-device", {**tuned_settings(args), "recipe": recipe}, True)
-    out["augment"] = dataclasses.asdict(DEVICE_AUGMENT)
-    out["tuned_epochs"] = args.tuned_epochs
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- report
 def print_table(result: dict) -> None:
     pd.set_option("display.width", 220)
@@ -494,10 +472,7 @@ def print_table(result: dict) -> None:
     )
     classes = result["held_out"]["final"]["network"]["classes"]
     print(f"\nHeld-out clinic ({HELD_OUT}): balanced accuracy over {classes}")
-    checks = dict(result["held_out"])
-    if "tried_device_augment" in result:
-        checks["tuned + device augmentation (tried)"] = result["tried_device_augment"]
-    for name, check in checks.items():
+    for name, check in result["held_out"].items():
         for stage in ("network", "predictor"):
             if stage in check:
                 s = check[stage]
@@ -539,13 +514,13 @@ def print_metadata(result: dict) -> None:
         print(f"  held-out {HELD_OUT}, {name}: bal6 {s['balanced_accuracy_6']:.3f}, AUC {s['macro_auc']:.3f}")
 
 
-def keep_earlier_rows(result: dict, path: Path) -> None:
-    """A run keeps the metadata rows (without ``--with-metadata``) and the tried device-augmentation check of
-    the JSON it replaces, marked with the tuned epochs they were trained with (they are not re-run)."""
+def keep_metadata_rows(result: dict, path: Path) -> None:
+    """A run without ``--with-metadata`` keeps the metadata rows of the JSON it replaces, marked with the
+    tuned epochs they were trained with and ``carried_over`` (they are not re-run)."""
     if not path.is_file():
         return
     previous = json.loads(path.read_text())
-    for key in ("metadata", "metadata_tried_field_dropout_only", "tried_device_augment"):
+    for key in ("metadata", "metadata_tried_field_dropout_only"):
         if key in previous and key not in result:
             epochs = previous[key].get("tuned_epochs", previous["args"]["tuned_epochs"])
             result[key] = {**previous[key], "tuned_epochs": epochs, "carried_over": True}
@@ -566,15 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         data = splits_of(lesion, args.img_size)
         result["metadata"] = metadata_rows(args, lesion, held, data, tuned_settings(args))
         result["metadata"]["benchmark_min"] = (time.perf_counter() - start) / 60
-    elif args.device_augment_only:
-        result = json.loads(args.results.read_text())
-        _, held = splits(args)
-        result["tried_device_augment"] = device_augment_check(args, held)
-        result["tried_device_augment"]["benchmark_min"] = (time.perf_counter() - start) / 60
     else:
         result = run(args)
         result["benchmark_min"] = (time.perf_counter() - start) / 60
-        keep_earlier_rows(result, args.results)
+        keep_metadata_rows(result, args.results)
     write_json(result, args.results)
     print_table(result)
     print(f"\nWrote {args.results}; best predictor: {result['best_model']}")

@@ -207,7 +207,11 @@ def classifier_from_features(
     candidates = [
         (retrain_classifier(model, train_features, train_labels, p, pooled=pooled), float(p)) for p in powers
     ]
-    return max(candidates, key=lambda c: selection_score(val_labels, view_probs(c[0], val_features)))
+
+    def val_score(candidate: tuple[keras.Model, float]) -> float:
+        return selection_score(val_labels, view_probs(candidate[0], val_features))
+
+    return max(candidates, key=val_score)  # ties: the first, i.e. the weaker weighting
 
 
 def view_probs(refit: keras.Model, features: np.ndarray) -> np.ndarray:
@@ -232,13 +236,12 @@ def tta_score(model: keras.Model, val_images, val_labels: np.ndarray, views: int
 def finalize_predictor(
     model: keras.Model, df: pd.DataFrame, img_size: int, views: int = 8, multi_scale: bool = True
 ) -> tuple[keras.Model, dict]:
-    """The benchmark's finishing steps for a trained network, as one Keras model: :func:`fit_classifier`
-    (class-weight power chosen on val), once on the network's features and, with ``multi_scale`` and a model
-    that has stages, once more with the :func:`multi_scale_layers` pooled in, keeping the one with the better
-    :func:`tta_score` (ties: single-scale); then ``views``-view test-time augmentation and a prior shift
-    (``tau`` chosen on val by :func:`~helpers.metrics.fit_prior_shift`). Reads only the ``train`` and ``val``
-    rows of ``df`` (needs ``path``, ``dx`` and ``split``). Returns the predictor and its choices
-    (``class_weight_power``, ``pooled``, ``tau``)."""
+    """The benchmark's finishing steps for a trained network, as one Keras model: :func:`retrained_network`
+    (the classifier re-trained with the class-weight power chosen on val, single- or multi-scale, whichever
+    ``views``-view val predictions score better; ties: single-scale), then ``views``-view test-time
+    augmentation and a prior shift (``tau`` chosen on val by :func:`~helpers.metrics.fit_prior_shift`).
+    Reads only the ``train`` and ``val`` rows of ``df`` (needs ``path``, ``dx`` and ``split``). Returns the
+    predictor and its choices (``class_weight_power``, ``pooled``, ``tau``)."""
     if not isinstance(df, pd.DataFrame) or not {"path", "dx", "split"} <= set(df.columns):
         raise ValueError("df needs 'path', 'dx' and 'split' columns: use helpers.train.prepare_data(...).")
     parts = {name: df[df["split"] == name] for name in ("train", "val")}
@@ -267,10 +270,12 @@ def retrained_network(
     multi_scale: bool = True,
 ) -> tuple[keras.Model, dict]:
     """:func:`fit_classifier` once on the network's features and, with ``multi_scale`` and a model that has
-    stages, once more with the :func:`multi_scale_layers` pooled in; the one with the better
-    :func:`tta_score` on val (ties: single-scale) and its choices (``class_weight_power``, ``pooled``)."""
+    stages, once more with the :func:`multi_scale_layers` pooled in; the one whose ``views``-view val
+    predictions (:func:`view_probs`) score better (ties: single-scale) and its choices
+    (``class_weight_power``, ``pooled``). The view features are computed once, with the stages pooled in: the
+    network's own features are their first columns."""
     stages = multi_scale_layers(model) if multi_scale else ()
-    features = feature_model(model, stages)  # computed once: the network's own features are its first columns
+    features = feature_model(model, stages)
     train_f = view_features(features, train_inputs, views, drop_metadata=True)
     val_f = view_features(features, val_inputs, views)
     width = feature_model(model).output.shape[-1]

@@ -24,6 +24,7 @@ from helpers.classifier import (
     retrain_classifier,
     tta_score,
     view_features,
+    view_probs,
 )
 from helpers.data import load_metadata
 from helpers.metrics import PRIOR_SHIFT_TAUS, fit_prior_shift, prior_shift_weights, selection_score
@@ -271,6 +272,20 @@ def test_multi_scale_layers_are_the_stage_outputs_but_the_last():
         "stage3_res_out",
     )
     assert multi_scale_layers(build_model("cpu_light_efficient_cnn", 28)) == ()
+
+
+def test_the_networks_own_features_lead_the_multi_scale_ones_and_view_probs_is_tta():
+    """What re-training from one set of features relies on: the single-scale features are the first columns
+    of the multi-scale ones, and the last layer on the view features gives the TTA predictor's output."""
+    keras.utils.set_random_seed(0)
+    model = build_model("default", 16)
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3)).astype("float32")
+    single = view_features(feature_model(model), images, views=4)
+    multi = view_features(feature_model(model, multi_scale_layers(model)), images, views=4)
+    assert multi.shape[-1] > single.shape[-1]
+    np.testing.assert_allclose(multi[..., : single.shape[-1]], single, rtol=1e-5, atol=1e-6)
+    expected = keras.ops.convert_to_numpy(predictor(model, 4)(images))
+    np.testing.assert_allclose(view_probs(model, single), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_finalize_predictor_of_a_model_without_stages_stays_single_scale(synthetic_dir: Path):
