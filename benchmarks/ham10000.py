@@ -54,13 +54,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import machine_info  # noqa: E402  (benchmarks/throughput.py)
 
 from helpers.classes import CLASS_NAMES  # noqa: E402
-from helpers.classifier import finalize_predictor, prior_shifted_predictor, retrained_network  # noqa: E402
+from helpers.classifier import finalize_predictor, retrained_network  # noqa: E402
 from helpers.clinical import encode_metadata, missing_vector  # noqa: E402
 from helpers.data import load_metadata  # noqa: E402
 from helpers.evaluate import explanation_report, shift_report  # noqa: E402
 from helpers.export import export_report, representative_sample  # noqa: E402
 from helpers.files import write_json  # noqa: E402
-from helpers.metrics import compute_metrics, label_ids, majority_metrics, majority_probs  # noqa: E402
+from helpers.metrics import (  # noqa: E402
+    compute_metrics,
+    fit_prior_shift,
+    label_ids,
+    majority_metrics,
+    majority_probs,
+    prior_shift_weights,
+)
 from helpers.modelio import load_keras_model, predict_images, save_keras_model  # noqa: E402
 from helpers.models import (  # noqa: E402
     IMAGE_INPUT,
@@ -93,6 +100,12 @@ GOALS = {
     "macro_f1": 0.68,
 }
 HELD_OUT_GOALS = {"balanced_accuracy_6": 0.55, "macro_auc": 0.88}
+DEVICE_AUGMENT = dataclasses.replace(
+    TUNED.augment, scale=(0.75, 1.3), gains=0.15, hue=0.1, gamma=0.25, blur=0.5, vignette=0.3
+)
+"""The lever ``--device-augment-only`` tries: the tuned recipe's augmentation plus what a change of device
+does (the shift suite's kinds: zoom, white balance, hue, gamma, defocus, a dermoscope frame), drawn per
+image."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--metadata-only",
         action="store_true",
         help="only the metadata rows, added to an existing --results JSON (its image-only rows kept)",
+    )
+    parser.add_argument(
+        "--device-augment-only",
+        action="store_true",
+        help="only the held-out-clinic check of the tuned recipe with device augmentation (a tried lever), "
+        "added to an existing --results JSON",
     )
     parser.add_argument(
         "--report-images", type=int, default=600, help="test images for the shift and Grad-CAM reports"
@@ -235,29 +254,35 @@ def fit_in_budget(args, df, name: str, budget_s: float, **settings):
 
 def finishing_rows(network, data: dict[str, Split], seconds: float) -> tuple[list[dict], object, dict]:
     """The re-trained classifier (single- or multi-scale, chosen on val), 8-view TTA and prior shift, one row
-    each (val scores); returns the rows, the final predictor and its choices."""
+    each (val scores, from the val view features the re-training computed); returns the rows, the final
+    predictor and its choices."""
     start = time.perf_counter()
     train, val = data["train"], data["val"]
-    refit, choices = retrained_network(
+    refit, choices, val_probs = retrained_network(
         network, train.inputs(network), train.labels, val.inputs(network), val.labels
     )
-    final, tau = prior_shifted_predictor(refit, val.inputs(refit), val.labels, train.labels)
+    tta = val_probs.mean(axis=0)
+    tau = fit_prior_shift(val.labels, tta, train.labels)
+    weights = prior_shift_weights(train.labels, tau)
+    final = predictor(refit, 8, weights)
+    shifted = tta * weights
     choices["tau"] = tau
     minutes = (seconds + time.perf_counter() - start) / 60
     scale = "multi-scale" if choices["pooled"] else "single-scale"
     steps = (
         (
             "+ classifier re-trained",
-            refit,
+            val_probs[0],
             f"{scale} (chosen on val), class weights^{choices['class_weight_power']}",
         ),
-        ("+ 8-view TTA", predictor(refit, 8), "mean over the 8 flips/rotations"),
-        ("+ prior shift", final, f"probabilities x prior^-{tau} (tau chosen on val)"),
+        ("+ 8-view TTA", tta, "mean over the 8 flips/rotations"),
+        (
+            "+ prior shift",
+            shifted / shifted.sum(axis=1, keepdims=True),
+            f"probabilities x prior^-{tau} (tau chosen on val)",
+        ),
     )
-    rows = [
-        row(name, scores(val.labels, predict(model, val)), refit, minutes, what)
-        for name, model, what in steps
-    ]
+    rows = [row(name, scores(val.labels, probs), refit, minutes, what) for name, probs, what in steps]
     return rows, final, choices
 
 
@@ -275,10 +300,19 @@ def held_out(args, df_held: pd.DataFrame, name: str, settings: dict, finish: boo
         "train_min": seconds / 60,
     }
     if finish:
-        final, choices = finalize_predictor(network, df_held, args.img_size)
+        rows, final, choices = finishing_rows(network, data, seconds)
         out["predictor"] = held_out_scores(data["test"], predict(final, data["test"]))
+        out["predictor_val"] = rows[-1]["val"]  # its own val: the other clinics' lesions
         out["choices"] = choices
     return out
+
+
+def tried_lever(args, held: pd.DataFrame) -> dict:
+    """The held-out-clinic check of the tuned recipe with :data:`DEVICE_AUGMENT` (a lever tried against the
+    benchmark's own ``held_out.final``): its finished predictor on the held-out clinic and on its val."""
+    recipe = dataclasses.replace(TUNED, augment=DEVICE_AUGMENT)
+    out = held_out(args, held, "dermsep_net-tuned-device", {**tuned_settings(args), "recipe": recipe}, True)
+    return {**out, "augment": dataclasses.asdict(DEVICE_AUGMENT), "tuned_epochs": args.tuned_epochs}
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -296,9 +330,25 @@ def tuned_settings(args: argparse.Namespace) -> dict:
     return dict(model_name="default", recipe=TUNED, epochs=args.tuned_epochs, lr=2e-3, batch=64)
 
 
+class Laps:
+    """Wall-clock minutes of the benchmark's parts, in order: where its time budget goes."""
+
+    def __init__(self) -> None:
+        self.minutes: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, part: str) -> None:
+        now = time.perf_counter()
+        self.minutes[part] = (now - self.last) / 60
+        self.last = now
+        print(f"  [{part}: {self.minutes[part]:.1f} min]", flush=True)
+
+
 def run(args: argparse.Namespace) -> dict:
+    lap = Laps()
     lesion, held = splits(args)
     data = splits_of(lesion, args.img_size)
+    lap("loading images")
     val = data["val"]
     base = majority_metrics(val.labels, "nv")
     rows = [row("majority class (nv)", {k: base[k] for k in HEADLINE}, None, None, "always predicts nv")]
@@ -324,7 +374,9 @@ def run(args: argparse.Namespace) -> dict:
         network, seconds, result = fit(args, lesion, f"dermsep_net-{key}", **settings)
         nets[key] = (network, seconds, result)
         rows.append(row(name, scores(val.labels, predict(network, val)), network, seconds / 60, what))
+        lap(f"{key} recipe")
     finish, final, choices = finishing_rows(nets["tuned"][0], data, nets["tuned"][1])
+    lap("finishing")
     rows += finish
     finishing_s = (finish[-1]["train_min"] * 60) - nets["tuned"][1]
     budget_s = steady_seconds(nets["tuned"][2]) + finishing_s
@@ -350,9 +402,12 @@ def run(args: argparse.Namespace) -> dict:
         ),
     )
 
+    lap("original, budgeted")
     print("Held-out clinic ...", flush=True)
     checks = {"plain": held_out(args, held, "dermsep_net-plain", plain, finish=False)}
+    lap("held-out plain")
     checks["final"] = held_out(args, held, "dermsep_net-tuned", tuned, finish=True)
+    lap("held-out final")
     if args.held_out_all:
         original_settings = dict(
             model_name="cpu_light_efficient_cnn", recipe=PLAIN, epochs=epochs, lr=1e-3, batch=32
@@ -376,14 +431,18 @@ def run(args: argparse.Namespace) -> dict:
             model = predictors[r["predictor"]]
             probs = predict(model, test) if model is not None else majority_probs(len(test.labels))
             r["test"] = scores(test.labels, probs, n_bootstrap=1000)
+    lap("test scores")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         shifts = shift_report(final, lesion, split="test", max_images=args.report_images, verbose=False)
+        lap("shift report")
         explanations = explanation_report(
             final, lesion, split="test", max_images=args.report_images, verbose=False
         )
+        lap("explanations")
     calibration = representative_sample(lesion, args.img_size, seed=args.seed)
     export = export_report(best_path, val.inputs(final), val.labels, args.out_dir, calibration)
+    lap("export")
     result = {
         "machine": machine_info(),
         "data": str(args.data_dir),
@@ -403,6 +462,7 @@ def run(args: argparse.Namespace) -> dict:
         "held_out_goals": HELD_OUT_GOALS,
         "best_model": str(best_path),
         "export": export.to_dict("records"),
+        "part_min": lap.minutes,
     }
     if args.with_metadata:
         result["metadata"] = metadata_rows(args, lesion, held, data, tuned)
@@ -472,7 +532,10 @@ def print_table(result: dict) -> None:
     )
     classes = result["held_out"]["final"]["network"]["classes"]
     print(f"\nHeld-out clinic ({HELD_OUT}): balanced accuracy over {classes}")
-    for name, check in result["held_out"].items():
+    checks = dict(result["held_out"])
+    if "tried_device_augment" in result:
+        checks["tuned + device augmentation (tried)"] = result["tried_device_augment"]
+    for name, check in checks.items():
         for stage in ("network", "predictor"):
             if stage in check:
                 s = check[stage]
@@ -514,13 +577,14 @@ def print_metadata(result: dict) -> None:
         print(f"  held-out {HELD_OUT}, {name}: bal6 {s['balanced_accuracy_6']:.3f}, AUC {s['macro_auc']:.3f}")
 
 
-def keep_metadata_rows(result: dict, path: Path) -> None:
-    """A run without ``--with-metadata`` keeps the metadata rows of the JSON it replaces, marked with the
-    tuned epochs they were trained with and ``carried_over`` (they are not re-run)."""
+def keep_earlier_rows(result: dict, path: Path) -> None:
+    """A run keeps the metadata rows (without ``--with-metadata``) and the tried device-augmentation check of
+    the JSON it replaces, marked with the tuned epochs they were trained with and ``carried_over`` (they are
+    not re-run)."""
     if not path.is_file():
         return
     previous = json.loads(path.read_text())
-    for key in ("metadata", "metadata_tried_field_dropout_only"):
+    for key in ("metadata", "metadata_tried_field_dropout_only", "tried_device_augment"):
         if key in previous and key not in result:
             epochs = previous[key].get("tuned_epochs", previous["args"]["tuned_epochs"])
             result[key] = {**previous[key], "tuned_epochs": epochs, "carried_over": True}
@@ -541,10 +605,15 @@ def main(argv: list[str] | None = None) -> int:
         data = splits_of(lesion, args.img_size)
         result["metadata"] = metadata_rows(args, lesion, held, data, tuned_settings(args))
         result["metadata"]["benchmark_min"] = (time.perf_counter() - start) / 60
+    elif args.device_augment_only:
+        result = json.loads(args.results.read_text())
+        _, held = splits(args)
+        result["tried_device_augment"] = tried_lever(args, held)
+        result["tried_device_augment"]["benchmark_min"] = (time.perf_counter() - start) / 60
     else:
         result = run(args)
         result["benchmark_min"] = (time.perf_counter() - start) / 60
-        keep_metadata_rows(result, args.results)
+        keep_earlier_rows(result, args.results)
     write_json(result, args.results)
     print_table(result)
     print(f"\nWrote {args.results}; best predictor: {result['best_model']}")

@@ -139,7 +139,24 @@ def test_fit_classifier_picks_the_power_with_the_best_validation_score(data):
     }
     assert scores[power] == max(scores.values())
     chosen = retrain_classifier(model, features, data["train_y"], power)
-    assert all(np.allclose(a, b) for a, b in zip(refit.get_weights(), chosen.get_weights(), strict=True))
+    np.testing.assert_allclose(
+        refit.predict(data["val_x"], verbose=0), chosen.predict(data["val_x"], verbose=0), atol=1e-3
+    )
+
+
+def test_each_power_starts_from_the_previous_fit_and_reaches_the_same_classifier(data):
+    """retrain_classifiers warm-starts each power's fit from the previous one's weights (fewer L-BFGS
+    iterations): every classifier matches a fit from scratch, and the weighting still takes effect."""
+    model = _colour_model()
+    features = view_features(feature_model(model), data["train_x"], views=2)
+    chained = classifier.retrain_classifiers(model, features, data["train_y"], (0.0, 1.0))
+    for power, warm in zip((0.0, 1.0), chained, strict=True):
+        cold = retrain_classifier(model, features, data["train_y"], power)
+        np.testing.assert_allclose(
+            warm.predict(data["val_x"], verbose=0), cold.predict(data["val_x"], verbose=0), atol=1e-3
+        )
+    kernels = [refit.layers[-1].get_weights()[0] for refit in chained]
+    assert np.abs(kernels[1] - kernels[0]).max() > 0.05
 
 
 def test_pooled_layers_add_their_average_pooled_maps_to_the_features(data, tmp_path):
@@ -285,7 +302,7 @@ def test_the_networks_own_features_lead_the_multi_scale_ones_and_view_probs_is_t
     assert multi.shape[-1] > single.shape[-1]
     np.testing.assert_allclose(multi[..., : single.shape[-1]], single, rtol=1e-5, atol=1e-6)
     expected = keras.ops.convert_to_numpy(predictor(model, 4)(images))
-    np.testing.assert_allclose(view_probs(model, single), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(view_probs(model, single).mean(axis=0), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_finalize_predictor_of_a_model_without_stages_stays_single_scale(synthetic_dir: Path):
