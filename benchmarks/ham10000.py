@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import machine_info  # noqa: E402  (benchmarks/throughput.py)
 
 from helpers.classes import CLASS_NAMES  # noqa: E402
-from helpers.classifier import finalize_predictor, retrained_network  # noqa: E402
+from helpers.classifier import finalize_predictor, prior_shifted_from_probs, retrained_network  # noqa: E402
 from helpers.clinical import encode_metadata, missing_vector  # noqa: E402
 from helpers.data import load_metadata  # noqa: E402
 from helpers.evaluate import explanation_report, shift_report  # noqa: E402
@@ -62,7 +62,6 @@ from helpers.export import export_report, representative_sample  # noqa: E402
 from helpers.files import write_json  # noqa: E402
 from helpers.metrics import (  # noqa: E402
     compute_metrics,
-    fit_prior_shift,
     label_ids,
     majority_metrics,
     majority_probs,
@@ -73,7 +72,6 @@ from helpers.models import (  # noqa: E402
     IMAGE_INPUT,
     METADATA_INPUT,
     count_params,
-    predictor,
     unwrap_predictor,
     uses_metadata,
 )
@@ -262,10 +260,8 @@ def finishing_rows(network, data: dict[str, Split], seconds: float) -> tuple[lis
         network, train.inputs(network), train.labels, val.inputs(network), val.labels
     )
     tta = val_probs.mean(axis=0)
-    tau = fit_prior_shift(val.labels, tta, train.labels)
-    weights = prior_shift_weights(train.labels, tau)
-    final = predictor(refit, 8, weights)
-    shifted = tta * weights
+    final, tau = prior_shifted_from_probs(refit, tta, val.labels, train.labels)
+    shifted = tta * prior_shift_weights(train.labels, tau)
     choices["tau"] = tau
     minutes = (seconds + time.perf_counter() - start) / 60
     scale = "multi-scale" if choices["pooled"] else "single-scale"
@@ -307,7 +303,7 @@ def held_out(args, df_held: pd.DataFrame, name: str, settings: dict, finish: boo
     return out
 
 
-def tried_lever(args, held: pd.DataFrame) -> dict:
+def device_augment_check(args, held: pd.DataFrame) -> dict:
     """The held-out-clinic check of the tuned recipe with :data:`DEVICE_AUGMENT` (a lever tried against the
     benchmark's own ``held_out.final``): its finished predictor on the held-out clinic and on its val."""
     recipe = dataclasses.replace(TUNED, augment=DEVICE_AUGMENT)
@@ -608,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.device_augment_only:
         result = json.loads(args.results.read_text())
         _, held = splits(args)
-        result["tried_device_augment"] = tried_lever(args, held)
+        result["tried_device_augment"] = device_augment_check(args, held)
         result["tried_device_augment"]["benchmark_min"] = (time.perf_counter() - start) / 60
     else:
         result = run(args)

@@ -46,9 +46,8 @@ own mean, is treated as constant by :func:`retrain_classifier` (its weights are 
 
 FIT_VIEWS = 4
 """Views of each training image :func:`retrained_network` fits the classifier on: the first 4 (the flips,
-no transposes). On real HAM10000 at 128 px (a 6-epoch tuned network) they fitted as well as all 8 (the
-8-view predictor's validation selection score 0.535 / 0.570 / 0.559 against 0.540 / 0.562 / 0.538 for
-class-weight powers 0.25 / 0.5 / 0.75) in half the time."""
+no transposes; the other 4 are their transposes): half the training features and half the fitting time of
+all 8. The benchmark's finishing row (``benchmarks/ham10000.py``) is measured with it."""
 
 CLASS_WEIGHT_POWERS = (0.25, 0.5, 0.75)
 """Strengths tried by :func:`fit_classifier`: balanced class weights raised to this power (on DermaMNIST
@@ -289,8 +288,7 @@ def finalize_predictor(
     refit, choices, val_probs = retrained_network(
         model, x["train"], y["train"], x["val"], y["val"], views, multi_scale
     )
-    tau = fit_prior_shift(y["val"], val_probs.mean(axis=0), y["train"])
-    final = predictor(refit, views, prior_shift_weights(y["train"], tau))
+    final, tau = prior_shifted_from_probs(refit, val_probs.mean(axis=0), y["val"], y["train"], views)
     return final, {**choices, "tau": tau}
 
 
@@ -338,5 +336,17 @@ def prior_shifted_predictor(
     """``predictor(model, views)`` (one network or an ensemble) with the prior shift whose ``tau``
     :func:`~helpers.metrics.fit_prior_shift` chooses on its val predictions; returns (predictor, tau)."""
     val_probs = predict_images(predictor(model, views), val_images)
+    return prior_shifted_from_probs(model, val_probs, val_labels, train_labels, views)
+
+
+def prior_shifted_from_probs(
+    model: keras.Model | Sequence[keras.Model],
+    val_probs: np.ndarray,
+    val_labels: np.ndarray,
+    train_labels: np.ndarray,
+    views: int = 8,
+) -> tuple[keras.Model, float]:
+    """:func:`prior_shifted_predictor` from its ``views``-view val predictions ``val_probs``, already
+    computed (e.g. the mean of :func:`retrained_network`'s per-view val probabilities)."""
     tau = fit_prior_shift(val_labels, val_probs, train_labels)
     return predictor(model, views, prior_shift_weights(train_labels, tau)), tau
