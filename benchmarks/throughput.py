@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from helpers import models  # noqa: E402
 from helpers.paths import PROJECT_ROOT  # noqa: E402
+from helpers.runtime import ops_run_serially  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 HAM_DIR = PROJECT_ROOT.parent / "shared" / "data" / "ham10000"
@@ -41,7 +42,7 @@ COMPARED = ("cpu_light_efficient_cnn", models.DEFAULT_MODEL)
 
 
 def machine_info() -> dict:
-    """CPU model, core count, library versions."""
+    """CPU model, core count, library versions, whether TensorFlow runs one op at a time (helpers.runtime)."""
     cpu = platform.processor() or "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -58,6 +59,7 @@ def machine_info() -> dict:
         "keras": keras.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "serial_ops": ops_run_serially(),
     }
 
 

@@ -3,8 +3,9 @@
 Modules in layers; a module imports only from its own layer or the ones above it in this list (never in a
 circle; ``tests/test_package.py`` checks both):
 
-    0 base        classes, paths, files, logs      class codes and body sites, project and work folders,
-                                                   atomic writes and JSON, TensorFlow's log noise
+    0 base        classes, paths, files, logs,     class codes and body sites, project and work folders,
+                  runtime                          atomic writes and JSON, TensorFlow's log noise and
+                                                   one op at a time (bit-reproducible training)
     1 data        download, synthetic, splits,     the official download, the offline default, splits and
                   clinical, data                   class weights, age/sex/site encoding; finding and
                                                    validating CSVs and images
@@ -22,8 +23,10 @@ Notebooks and ``benchmarks/`` sit above every layer.
 """
 
 from helpers.logs import quiet_tensorflow
+from helpers.runtime import serial_ops
 
 quiet_tensorflow()  # before anything imports TensorFlow
+serial_ops()
 
 from helpers.classes import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 
@@ -32,6 +35,7 @@ LAYERS: dict[str, int] = {
     "paths": 0,
     "files": 0,
     "logs": 0,
+    "runtime": 0,
     "download": 1,
     "synthetic": 1,
     "splits": 1,

@@ -4,6 +4,7 @@ validation scoring, selection and checkpoints, and finish the run."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from helpers.models import (
 from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR
 from helpers.pipeline import epoch_steps, make_dataset
 from helpers.plots.evaluation import plot_training_history
+from helpers.runtime import reproducibility_warning
 from helpers.splits import class_weights, data_fingerprint, split_by_lesion, split_by_source, subsample
 from helpers.train.checkpoint import (
     CrashSafeCheckpoint,
@@ -215,7 +217,8 @@ def train(
     (:func:`helpers.train.workers.cluster_strategy`) every worker makes the same call and only the chief
     writes ``run_dir`` (:func:`helpers.train.workers.writing_dir`). Seeds Python, NumPy and
     TensorFlow and turns on TensorFlow op determinism (process-wide), so the same seed and data give the
-    same weights on CPU. ``held_out_source``: see :func:`prepare_data` (a held-out-clinic check).
+    same weights on CPU (with one op at a time, :mod:`helpers.runtime`; it warns when not).
+    ``held_out_source``: see :func:`prepare_data` (a held-out-clinic check).
     ``metadata=True`` trains the two-input model (:func:`helpers.models.add_metadata_input`) on the images and
     their encoded age, sex and body site (:mod:`helpers.clinical`), joined by ``fusion`` (``"concat"`` or
     ``"film"``); the manifest records the encoding.
@@ -240,6 +243,8 @@ def train(
         ensure_writable(MODELS_DIR if run_dir is None else run_dir)  # before any data is read
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+    if warning := reproducibility_warning():
+        warnings.warn(warning, stacklevel=2)
 
     data = prepare_data(data_dir, df, seed, max_images, verbose > 0, held_out_source=held_out_source)
     fingerprint = data_fingerprint(data)
