@@ -55,6 +55,9 @@ TRAIN_PARAMETERS = {
         r"lr_factor must be a number between 0 and 1 \(exclusive\), got 1.0",
     ),
     "min_lr_text": ({"min_lr": "1e-6"}, "min_lr must be a number >= 0, got '1e-6'"),
+    "seed_none": ({"seed": None}, "seed must be an int >= 0, got None"),
+    "seed_negative": ({"seed": -1}, "seed must be an int >= 0, got -1"),
+    "split_seed_text": ({"split_seed": "42"}, "split_seed must be an int >= 0, got '42'"),
 }
 
 

@@ -257,6 +257,17 @@ def test_resume_false_starts_fresh_and_same_seed_repeats_the_run_exactly(
     )
 
 
+def test_split_seed_fixes_the_split_while_seed_changes_the_training(synthetic_dir, workdir, two_epochs):
+    split_42 = json.loads((two_epochs.run_dir / "manifest.json").read_text())["identity"]["data_fingerprint"]
+    own_split = data_fingerprint(prepare_data(synthetic_dir, seed=7, verbose=False))
+    assert own_split != split_42, "seed 7 alone splits otherwise"
+    run = run_training(synthetic_dir, workdir, workdir / "split-seed", epochs=2, seed=7, split_seed=42)
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    assert manifest["identity"]["data_fingerprint"] == split_42
+    assert manifest["seed"] == 7 and manifest["parameters"]["split_seed"] == 42
+    assert not same_weights(run.model.get_weights(), two_epochs.model.get_weights()), "trained with seed 7"
+
+
 def test_cli_reports_bad_parameters_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert main(["--epochs", "0", "--run-dir", str(tmp_path / "run")]) == 2
     assert "error: epochs must be an int >= 1" in capsys.readouterr().err

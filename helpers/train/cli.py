@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--split-seed", type=int, default=None, help="seed of the split and subset (default: --seed)"
+    )
     parser.add_argument("--max-images", type=int, default=None, help="stratified subset for quick runs")
     parser.add_argument(
         "--held-out-source", default=None, help="test on this source only, e.g. rosendahl (column 'dataset')"
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             seed=args.seed,
+            split_seed=args.split_seed,
             run_dir=args.run_dir,
             resume=not args.no_resume,
             max_images=args.max_images,

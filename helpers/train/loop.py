@@ -94,6 +94,7 @@ def _check_params(
     lr_patience: object,
     lr_factor: object,
     min_lr: object,
+    seeds: dict[str, object],
 ) -> None:
     """Raise ValueError naming the first bad parameter, before any work is done."""
     if not is_int(img_size) or img_size < MIN_IMG_SIZE:
@@ -120,6 +121,9 @@ def _check_params(
         raise ValueError(f"lr_factor must be a number between 0 and 1 (exclusive), got {lr_factor!r}.")
     if not is_number(min_lr) or not 0 <= min_lr < float("inf"):
         raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}.")
+    for name, value in seeds.items():  # split_seed may be None (the same as seed)
+        if (value is not None or name == "seed") and (not is_int(value) or value < 0):
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
 
 
 METADATA_ENCODING = {
@@ -196,6 +200,7 @@ def train(
     held_out_source: str | None = None,
     metadata: bool = False,
     fusion: str = "concat",
+    split_seed: int | None = None,
     verbose: int = 1,
 ) -> TrainResult:
     """Train ``model_name`` on the train split, select on the validation split, and return the result.
@@ -221,7 +226,8 @@ def train(
     ``held_out_source``: see :func:`prepare_data` (a held-out-clinic check).
     ``metadata=True`` trains the two-input model (:func:`helpers.models.add_metadata_input`) on the images and
     their encoded age, sex and body site (:mod:`helpers.clinical`), joined by ``fusion`` (``"concat"`` or
-    ``"film"``); the manifest records the encoding.
+    ``"film"``); the manifest records the encoding. ``split_seed`` (None: ``seed``) seeds the split and the
+    ``max_images`` subset instead: several training seeds on one split.
     """
     arguments = dict(locals())  # the first statement: exactly the call's arguments
     _check_params(
@@ -235,6 +241,7 @@ def train(
         lr_patience,
         lr_factor,
         min_lr,
+        {"seed": seed, "split_seed": split_seed},
     )
     recipe = resolve_recipe(recipe)
     if run_dir is not None:
@@ -246,7 +253,8 @@ def train(
     if warning := reproducibility_warning():
         warnings.warn(warning, stacklevel=2)
 
-    data = prepare_data(data_dir, df, seed, max_images, verbose > 0, held_out_source=held_out_source)
+    data_seed = seed if split_seed is None else split_seed
+    data = prepare_data(data_dir, df, data_seed, max_images, verbose > 0, held_out_source=held_out_source)
     fingerprint = data_fingerprint(data)
     key = DEFAULT_MODEL if model_name == "default" else model_name
     optimiser = {
