@@ -19,8 +19,8 @@ from helpers.runtime import INTER_OP_ENV
 ROOT = Path(__file__).resolve().parents[1]
 
 # Gradients of the default network at batch 128 (64 px, dropout off), 30 times in one tf.function. With
-# TensorFlow's default inter-op threads most of the 30 differ from the first in their last bits on this
-# 2-core machine, op determinism on or not.
+# TensorFlow's default inter-op threads 3 to 5 of the 30 differed from the first in their last bits in each of
+# three runs on this 2-core machine, op determinism on.
 REPEATED_STEP = textwrap.dedent(
     """
     import json

@@ -144,6 +144,7 @@ def prepare_data(
     verbose: bool = True,
     metadata_csv: str | Path | None = None,
     held_out_source: str | None = None,
+    split_seed: int | None = None,
 ) -> pd.DataFrame:
     """The metadata of the images to use, with a ``split`` column.
 
@@ -153,8 +154,9 @@ def prepare_data(
     ``max_images`` subsets them (:func:`helpers.splits.subsample`), so an image keeps its split.
     ``held_out_source`` (e.g. ``"rosendahl"``) instead makes every image of that source (column ``dataset``)
     the test split (:func:`helpers.splits.split_by_source`): a check of how the model carries over to a
-    clinic it never saw.
+    clinic it never saw. ``split_seed`` (None: ``seed``) takes the place of ``seed`` here.
     """
+    seed = seed if split_seed is None else split_seed
     if df is None:
         df = load_metadata(data_dir, metadata_csv, verbose=verbose)
     elif not isinstance(df, pd.DataFrame):
@@ -253,8 +255,9 @@ def train(
     if warning := reproducibility_warning():
         warnings.warn(warning, stacklevel=2)
 
-    data_seed = seed if split_seed is None else split_seed
-    data = prepare_data(data_dir, df, data_seed, max_images, verbose > 0, held_out_source=held_out_source)
+    data = prepare_data(
+        data_dir, df, seed, max_images, verbose > 0, held_out_source=held_out_source, split_seed=split_seed
+    )
     fingerprint = data_fingerprint(data)
     key = DEFAULT_MODEL if model_name == "default" else model_name
     optimiser = {
