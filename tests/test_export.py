@@ -114,13 +114,21 @@ def test_float16_close(report: pd.DataFrame) -> None:
     assert row["max_abs_diff"] < 0.05 and row["top1_agreement"] >= 0.99
 
 
-def test_int8_agreement(report: pd.DataFrame, data: dict) -> None:
+def test_int8_agreement(report: pd.DataFrame, trained_model: keras.Model, data: dict) -> None:
+    """int8 keeps every confident prediction; it may only flip near-ties of this briefly trained model."""
     row = report.set_index("format").loc["tflite_int8"]
-    assert row["top1_agreement"] >= 0.98
+    assert row["top1_agreement"] >= 0.95
     interpreter = load_interpreter(_path(report, "tflite_int8"))
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8  # raw 0..255 pixels
-    probs = tflite_predict(interpreter, data["val_images"][:10])
+    images = data["val_images"]
+    probs = tflite_predict(interpreter, images)
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=0.02)
+    reference = keras_predict(trained_model, images.astype(np.float32))
+    assert np.abs(probs - reference).mean() < 0.02
+    top_two = np.sort(reference, axis=1)[:, -2:]
+    confident = top_two[:, 1] - top_two[:, 0] > 0.25
+    assert confident.mean() > 0.5  # the check below covers most images
+    assert (probs.argmax(axis=1) == reference.argmax(axis=1))[confident].all()
 
 
 @pytest.fixture(scope="module")
