@@ -28,7 +28,7 @@ masks, Grad-CAM's pointing game and energy inside the lesion (:func:`helpers.eva
 second input (its predictor saved as ``models/ham10000/best_metadata.keras``), and that model with every
 field missing.
 
-    .venv/bin/python benchmarks/ham10000.py                    # 67 min on a 2-core CPU (budget: 75)
+    .venv/bin/python benchmarks/ham10000.py                    # 75-77 min on a 2-core CPU (budget: 75)
     .venv/bin/python benchmarks/ham10000.py --with-metadata    # + the metadata rows (~40 min more)
     .venv/bin/python benchmarks/ham10000.py --metadata-only    # the metadata rows, added to the JSON
     .venv/bin/python benchmarks/ham10000.py --smoke            # minutes: 2 epochs, 600 images (a check)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from model_utils import set_batchnorm_statistics
 
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
@@ -54,7 +55,10 @@ def data(synthetic_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained_model(data: dict) -> keras.Model:
-    """The default model briefly trained on the synthetic training split (with its 8 flips/rotations)."""
+    """The default model briefly trained on the synthetic training split (with its 8 flips/rotations).
+
+    Op determinism on, as train() turns it on: the model must not depend on which test files ran before."""
+    tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(0)
     model = build_model("default", SIZE)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", jit_compile=False)

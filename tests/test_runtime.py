@@ -18,35 +18,16 @@ from helpers.runtime import INTER_OP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Gradients of the default network at batch 128 (64 px, dropout off), 30 times in one tf.function. With
-# TensorFlow's default inter-op threads 3 to 5 of the 30 differed from the first in their last bits in each of
-# three runs on this 2-core machine, op determinism on.
+# helpers.train.determinism.differing_steps: gradients of the default network at batch 128 (64 px, dropout
+# off), 30 times in one tf.function. With TensorFlow's default inter-op threads 3 to 5 of the 30 differed from
+# the first in their last bits in each of three runs on this 2-core machine, op determinism on
+# (benchmarks/inter_op.py measures it).
 REPEATED_STEP = textwrap.dedent(
     """
     import json
-    import numpy as np
     import helpers
-    import keras, tensorflow as tf
-    from helpers.models import build_model
-    tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(0)
-    model = build_model("default", 64, 7)
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.Dropout):
-            layer.rate = 0.0
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.uniform(0, 255, (128, 64, 64, 3)).astype("float32"))
-    y = tf.constant(rng.integers(0, 7, 128))
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        return [loss] + tape.gradient(loss, model.trainable_weights)
-
-    runs = [np.concatenate([np.ravel(v.numpy()) for v in step()]) for _ in range(30)]
-    print(json.dumps({"differ": int(sum(np.any(r != runs[0]) for r in runs))}))
+    from helpers.train.determinism import differing_steps
+    print(json.dumps({"differ": differing_steps(reps=30)}))
     """
 )
 

@@ -23,7 +23,8 @@ resumed run ends with exactly the weights of an uninterrupted one.
 
 Run from the command line: ``python -m helpers.train --data-dir auto --epochs 15 --run-dir models/my_run``.
 
-Modules, each importing only those before it: ``recipes`` (how the weights are optimised), ``selection``
+Modules, each importing only those before it: ``determinism`` (does a training step repeat bit for bit
+in this process), ``recipes`` (how the weights are optimised), ``selection``
 (validation scores, best epoch, early stopping), ``run`` (run name, manifest), ``checkpoint`` (crash-safe
 snapshots and resume), ``workers`` (several machines), ``loop`` (:func:`train`) and ``cli`` (the command
 line).
