@@ -2,8 +2,8 @@
 
 For each setting, in a fresh Python process (TensorFlow reads the variable once, when it starts):
 
-- repeats: how many of 30 identical gradient steps of the default network (batch 128, 64 px) differ from the
-  first in any bit (:func:`helpers.train.determinism.differing_steps`; 0 means training repeats);
+- repeats: how many of ``REPS`` (30) identical gradient steps of the default network (batch 128, 64 px)
+  differ from the first in any bit (:func:`helpers.train.determinism.differing_steps`; 0: training repeats);
 - epoch seconds: the tuned recipe on the real HAM10000 images (``../shared/data/ham10000_200x150``, 128 px,
   batch 64, 2 epochs; the first epoch includes building the graph and loading the image cache);
 - small trainings: three trainings of 2 epochs on 120 synthetic images at 32 px, batch 16, as the test suite
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "inter_op.json"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ham10000_200x150"
 SETTINGS = {"one op at a time": "1", "TensorFlow's default": "0"}
+REPS = 30  # identical gradient steps; the last REPS - 1 are compared with the first
 
 
 def measure(data_dir: Path, work: Path) -> dict:
@@ -40,7 +41,7 @@ def measure(data_dir: Path, work: Path) -> dict:
     from helpers.train import train
     from helpers.train.determinism import differing_steps
 
-    differ = differing_steps(reps=30)
+    differ = differing_steps(reps=REPS)
     real = train(
         data_dir=data_dir,
         img_size=128,
@@ -60,7 +61,7 @@ def measure(data_dir: Path, work: Path) -> dict:
     return {
         "serial_ops": ops_run_serially(),
         "differing_steps": differ,
-        "compared_steps": 29,
+        "compared_steps": REPS - 1,
         "epoch_seconds": [float(s) for s in real.history["seconds"]],
         "small_trainings_seconds": time.perf_counter() - start,
     }

@@ -4,10 +4,11 @@ Op determinism (:func:`helpers.train.train` turns it on) is not enough on CPU: w
 independent ops of a training step at once (its inter-op threads, one per core by default), some gradients of
 batches of 64 images or more differ in their last bits from run to run, and a 30-epoch run with the same seed
 ends at a different model. Running one op at a time (each op still uses every core) makes the same seed give
-the same weights, at a cost within this 2-core machine's run-to-run spread (``benchmarks/inter_op.py``: the
-tuned recipe's second epoch on HAM10000 took 31.8 and 33.2 s against 31.4 and 33.8 s). :func:`serial_ops`
-(called on ``import helpers``) asks for that through ``TF_NUM_INTEROP_THREADS=1`` unless the variable is set;
-TensorFlow reads it when it starts, so it has no effect if TensorFlow ran an op before ``import helpers``.
+the same weights, at a cost within this 2-core machine's run-to-run spread
+(``benchmarks/inter_op.py --rounds 2``: the tuned recipe's second epoch on HAM10000 took 31.8 and 33.2 s
+against 31.4 and 33.8 s). :func:`serial_ops` (called on ``import helpers``) asks for that through
+``TF_NUM_INTEROP_THREADS=1`` unless the variable is set; TensorFlow reads it when it starts, so it has no
+effect if TensorFlow ran an op before ``import helpers``.
 """
 
 from __future__ import annotations

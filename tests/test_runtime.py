@@ -19,9 +19,8 @@ from helpers.runtime import INTER_OP_ENV
 ROOT = Path(__file__).resolve().parents[1]
 
 # helpers.train.determinism.differing_steps: gradients of the default network at batch 128 (64 px, dropout
-# off), 30 times in one tf.function. With TensorFlow's default inter-op threads 3 to 5 of the 30 differed from
-# the first in their last bits in each of three runs on this 2-core machine, op determinism on
-# (benchmarks/inter_op.py measures it).
+# off), 30 times in one tf.function. With TensorFlow's default inter-op threads some differ from the first in
+# their last bits (`benchmarks/inter_op.py --rounds 2`: 1 and 5 of 29, against 0 and 0 with one op at a time).
 REPEATED_STEP = textwrap.dedent(
     """
     import json
@@ -90,3 +89,16 @@ def test_train_warns_when_its_run_may_not_repeat(tmp_path: Path, order, inter_op
         assert messages == []
     else:
         assert len(messages) == 1 and cause in messages[0] and f"set {INTER_OP_ENV}=1" in messages[0]
+
+
+def test_inter_op_benchmark_names_a_folder_without_metadata(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inter_op.py"), "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert f"{tmp_path} holds no HAM10000_metadata.csv" in done.stderr and "--data-dir" in done.stderr
+    assert "Traceback" not in done.stderr
