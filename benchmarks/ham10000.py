@@ -28,7 +28,12 @@ masks, Grad-CAM's pointing game and energy inside the lesion (:func:`helpers.eva
 second input (its predictor saved as ``models/ham10000/best_metadata.keras``), and that model with every
 field missing.
 
-    .venv/bin/python benchmarks/ham10000.py                    # 75-77 min on a 2-core CPU (budget: 75)
+Trainings whose time sets no budget run two at a time (:func:`side_by_side`), each in its own process with one
+thread for its ops: the plain run beside the held-out plain run, and the original's epochs after its first
+(measured alone, it sets how many epochs the budget buys) beside the held-out final run. The lesion-split
+tuned run trains alone: its time is the original's budget, and notebook 04 repeats it bit for bit.
+
+    .venv/bin/python benchmarks/ham10000.py                    # ~61 min on a 2-core CPU (budget: 75)
     .venv/bin/python benchmarks/ham10000.py --with-metadata    # + the metadata rows (~40 min more)
     .venv/bin/python benchmarks/ham10000.py --metadata-only    # the metadata rows, added to the JSON
     .venv/bin/python benchmarks/ham10000.py --smoke            # minutes: 2 epochs, 600 images (a check)
@@ -95,8 +100,8 @@ ORIGINAL = dict(model_name="cpu_light_efficient_cnn", batch_size=32, learning_ra
 JOBS = ("plain", "held-out-plain", "original", "held-out-final")
 """Trainings that run two at a time (:func:`side_by_side`)."""
 SIDE_BY_SIDE_ENV = {"TF_NUM_INTRAOP_THREADS": "1"}
-"""Each of two trainings side by side gets one thread for its ops: on 2 cores the pair gets through 1.33x the
-images of one two-thread training (146 + 145 against 219 img/s, tuned recipe at 128 px, 2026-12-03)."""
+"""Each of two trainings side by side gets one thread for its ops: on 2 cores the pair gets through ~1.7x the
+images of one two-thread training (the plain pair: 12.2 min, against 20.6 one after the other, 2026-12-03)."""
 HEADLINE = tuple(METRIC_LABELS)
 GOALS = {
     "balanced_accuracy": 0.70,
@@ -645,15 +650,15 @@ def keep_earlier_rows(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.job:
-        run_job(args)
-        return 0
     if not (args.data_dir / "HAM10000_metadata.csv").is_file():
         print(
             f"error: HAM10000 folder {args.data_dir} not found (HAM10000_metadata.csv); pass --data-dir.",
             file=sys.stderr,
         )
         return 2
+    if args.job:
+        run_job(args)
+        return 0
     start = time.perf_counter()
     if args.metadata_only:
         result = json.loads(args.results.read_text())

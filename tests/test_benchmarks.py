@@ -1,0 +1,38 @@
+"""benchmarks/ham10000.py's own machinery (its figures come from running it, not from tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import ham10000  # noqa: E402  (benchmarks/ham10000.py)
+
+
+def test_ham10000_names_a_folder_without_metadata(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ham10000.py"), "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert f"HAM10000 folder {tmp_path} not found" in done.stderr and "--data-dir" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_side_by_side_training_that_fails_is_named_with_its_log(tmp_path: Path):
+    args = ham10000.parse_args(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as raised:
+        ham10000.side_by_side(args, {"plain": None, "held-out-plain": None})
+    message = str(raised.value)
+    assert "training(s) plain, held-out-plain failed" in message
+    log = tmp_path / "out" / "logs" / "plain.log"
+    assert str(log) in message and f"HAM10000 folder {tmp_path} not found" in log.read_text()
+    assert f"HAM10000 folder {tmp_path} not found" in message, "the log's tail is shown"
