@@ -96,7 +96,9 @@ MIN_HELD_OUT_IMAGES = 30
 """Balanced accuracy on the held-out clinic averages the classes it has at least this many images of."""
 
 PLAIN, TUNED = RECIPES["plain"], RECIPES["tuned"]
-ORIGINAL = dict(model_name="cpu_light_efficient_cnn", batch_size=32, learning_rate=1e-3, recipe=PLAIN)
+ORIGINAL = dict(model_name="cpu_light_efficient_cnn", recipe=PLAIN, lr=1e-3, batch=32)
+"""The original recipe, as :func:`fit`'s settings (all but the epochs); its run is ``runs/<ORIGINAL_RUN>``."""
+ORIGINAL_RUN = "cpu_light_efficient_cnn-plain"
 JOBS = ("plain", "held-out-plain", "original", "held-out-final")
 """Trainings that run two at a time (:func:`side_by_side`)."""
 SIDE_BY_SIDE_ENV = {"TF_NUM_INTRAOP_THREADS": "1"}
@@ -251,25 +253,10 @@ def steady_seconds(result) -> float:
     return float(result.history["seconds"].min() * len(result.history))
 
 
-def original_run(args, df, epochs: int):
-    """The original recipe (:data:`ORIGINAL`) for ``epochs`` epochs: the run's result (resumed or reused)."""
-    return train(
-        df=df,
-        img_size=args.img_size,
-        seed=args.seed,
-        run_dir=args.out_dir / "runs" / "cpu_light_efficient_cnn-plain",
-        verbose=0,
-        epochs=epochs,
-        resume=True,
-        patience=epochs,
-        **ORIGINAL,
-    )
-
-
 def budgeted_epochs(args, df, budget_s: float) -> tuple[int, float]:
     """How many epochs of the original recipe ``budget_s`` seconds of training buy at its own pace: its first
     epoch, trained alone, measured; returns (epochs, that epoch's seconds)."""
-    per_epoch = float(original_run(args, df, 1).history["seconds"].iloc[0])
+    _, per_epoch, _ = fit(args, df, ORIGINAL_RUN, epochs=1, **ORIGINAL)
     return max(1, int(budget_s // per_epoch)), per_epoch
 
 
@@ -297,14 +284,13 @@ def side_by_side(args, jobs: dict[str, int | None]) -> None:
 def run_job(args) -> None:
     """One of :data:`JOBS` (a child process of :func:`side_by_side`)."""
     lesion, held = splits(args)
-    if args.job == "original":
-        original_run(args, lesion, args.job_epochs)
-    else:
-        df = lesion if args.job == "plain" else held
-        key = "tuned" if args.job == "held-out-final" else "plain"
-        suffix = "" if args.job == "plain" else f"-without-{HELD_OUT}"
-        settings = tuned_settings(args) if key == "tuned" else plain_settings(args)
-        fit(args, df, f"dermsep_net-{key}{suffix}", **settings)
+    name, df, settings = {
+        "plain": ("dermsep_net-plain", lesion, plain_settings(args)),
+        "held-out-plain": (f"dermsep_net-plain-without-{HELD_OUT}", held, plain_settings(args)),
+        "original": (ORIGINAL_RUN, lesion, {**ORIGINAL, "epochs": args.job_epochs}),
+        "held-out-final": (f"dermsep_net-tuned-without-{HELD_OUT}", held, tuned_settings(args)),
+    }[args.job]
+    fit(args, df, name, **settings)
 
 
 def finishing_rows(network, data: dict[str, Split], seconds: float) -> tuple[list[dict], object, dict]:
@@ -447,7 +433,7 @@ def run(args: argparse.Namespace) -> dict:
     if epochs > 1:
         side_by_side(args, {"original": epochs, "held-out-final": None})
         lap("original and held-out final, side by side")
-    original = load_keras_model(original_run(args, lesion, epochs).run_dir / "best.keras")
+    original = fit(args, lesion, ORIGINAL_RUN, epochs=epochs, **ORIGINAL)[0]
     rows.insert(
         1,
         row(
@@ -467,9 +453,7 @@ def run(args: argparse.Namespace) -> dict:
     checks["final"] = held_out(args, held, "dermsep_net-tuned", tuned, finish=True)
     lap("held-out final")
     if args.held_out_all:
-        original_settings = dict(
-            model_name="cpu_light_efficient_cnn", recipe=PLAIN, epochs=epochs, lr=1e-3, batch=32
-        )
+        original_settings = {**ORIGINAL, "epochs": epochs}
         checks["original"] = held_out(args, held, "cpu_light_efficient_cnn", original_settings, False)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)

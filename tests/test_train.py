@@ -109,7 +109,7 @@ def test_run_writes_its_files(two_epochs, workdir: Path):
 
 def test_first_training_step_creates_no_variables(synthetic_dir: Path):
     """The compiled metrics exist (at zero) before fit, so the traced step creates no variable and is not
-    traced a second time (about 5 s of every 128-px training's first epoch)."""
+    traced a second time."""
     df = prepare_data(synthetic_dir, seed=1, verbose=False)
     model = _compiled_model("cpu_light_efficient_cnn", 32, 1e-3, None, resolve_recipe("plain"), 2, 2)
     metric_values = [float(v.numpy()) for m in model.metrics for v in m.variables]

@@ -422,7 +422,7 @@ def _build_metrics(model: keras.Model) -> None:
     """Create the compiled metrics' variables now, on one dummy batch, and zero them again.
 
     Keras creates them while tracing the first training step, and a traced function that creates variables
-    is traced a second time: about 5 s of a 128-px training's first epoch on 2 cores, for nothing.
+    is traced a second time, which lengthens every training's first epoch for nothing.
     """
     labels = np.zeros((1,), dtype="int32")
     model.compute_metrics(None, labels, np.full((1, NUM_CLASSES), 1 / NUM_CLASSES, dtype="float32"))
