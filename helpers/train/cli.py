@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="auto", help="dataset folder, or 'auto' (default)")
     parser.add_argument("--run-dir", default=None, help="run folder (default: models/<automatic name>)")
     parser.add_argument("--img-size", type=int, default=128)
-    parser.add_argument("--model-name", default="default", choices=("default", *MODEL_NAMES))
+    parser.add_argument("--model-name", default="default", choices=("default", "fast", *MODEL_NAMES))
     parser.add_argument("--epochs", type=int, default=15, help="total epochs of the run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)

@@ -19,13 +19,13 @@ from helpers.data import load_metadata
 from helpers.files import write_json
 from helpers.models import (
     ALL_FIELDS_DROPOUT,
-    DEFAULT_MODEL,
     FIELD_DROPOUT,
     FUSIONS,
     MIN_IMG_SIZE,
     MODEL_NAMES,
     build_model,
     count_params,
+    resolve_model_name,
 )
 from helpers.paths import MODELS_DIR, VISUALIZATIONS_DIR
 from helpers.pipeline import epoch_steps, make_dataset
@@ -102,9 +102,11 @@ def _check_params(
         raise ValueError(
             f"img_size must be a positive int >= {MIN_IMG_SIZE} (pixels per side), got {img_size!r}."
         )
-    names = ("default", *MODEL_NAMES)
-    if model_name not in names:
-        raise ValueError(f"Unknown model_name {model_name!r}; choose one of {', '.join(names)}.")
+    try:
+        resolve_model_name(model_name)
+    except ValueError:
+        names = ", ".join(("default", "fast", *MODEL_NAMES))
+        raise ValueError(f"Unknown model_name {model_name!r}; choose one of {names}.") from None
     if not is_int(epochs) or epochs < 1:
         raise ValueError(
             f"epochs must be an int >= 1 (the total number of epochs of the run), got {epochs!r}."
@@ -260,7 +262,7 @@ def train(
         data_dir, df, seed, max_images, verbose > 0, held_out_source=held_out_source, split_seed=split_seed
     )
     fingerprint = data_fingerprint(data)
-    key = DEFAULT_MODEL if model_name == "default" else model_name
+    key = resolve_model_name(model_name)
     optimiser = {
         "learning_rate": float(learning_rate),
         "lr_factor": float(lr_factor),

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from helpers.classes import CLASS_NAMES
 from helpers.files import free_bytes, megabytes
-from helpers.models import DEFAULT_MODEL
+from helpers.models import resolve_model_name
 from helpers.paths import PROJECT_ROOT
 from helpers.train.recipes import resolve_recipe
 from helpers.train.selection import SELECTION_METRIC
@@ -57,7 +57,7 @@ def default_run_name(model_name: str, img_size: int, seed: int, fingerprint: str
     """``<model>_<size>px_data-<fingerprint[:8]>_seed<seed>_cfg-<hash>``: the same settings find the same
     run again. ``settings`` (JSON values: batch size, optimiser, recipe) are hashed into the last part, so
     changing any of them starts a new run instead of colliding with the old one."""
-    key = DEFAULT_MODEL if model_name == "default" else model_name
+    key = resolve_model_name(model_name)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return f"{key}_{img_size}px_data-{fingerprint[:8]}_seed{seed}_cfg-{digest[:6]}"
 
