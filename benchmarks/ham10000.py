@@ -366,11 +366,11 @@ def splits(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def tuned_settings(args: argparse.Namespace) -> dict:
-    return dict(model_name="default", recipe=TUNED, epochs=args.tuned_epochs, lr=2e-3, batch=64)
+    return dict(model_name="dermsep_net", recipe=TUNED, epochs=args.tuned_epochs, lr=2e-3, batch=64)
 
 
 def plain_settings(args: argparse.Namespace) -> dict:
-    return dict(model_name="default", recipe=PLAIN, epochs=args.plain_epochs, lr=1e-3, batch=32)
+    return dict(model_name="dermsep_net", recipe=PLAIN, epochs=args.plain_epochs, lr=1e-3, batch=32)
 
 
 class Laps:

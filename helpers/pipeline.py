@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from helpers.augment import AugmentConfig, augment_images
 from helpers.classes import CLASS_NAMES, CLASS_TO_INDEX
 from helpers.clinical import encode_metadata
 from helpers.files import atomic_write, free_bytes, megabytes, remove_stale_temporaries
+from helpers.mixing import MixConfig, mix_batch
 from helpers.paths import cache_dir
 
 CACHE_VERSION = 2
@@ -313,6 +314,8 @@ def make_dataset(
     missing_metadata: bool = False,
     class_sampling: float = 1.0,
     first_epoch: int | None = None,
+    mix: MixConfig | None = None,
+    teacher: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Batched ``tf.data.Dataset`` of ``(float32 images 0..255, int32 labels)`` for the rows of ``df``.
 
@@ -336,11 +339,18 @@ def make_dataset(
     ``mask_path``) yields dicts ``{"image", "mask", "label"}`` instead: each lesion mask (bool ``(S, S)``)
     resized and geometrically augmented exactly as its image (not for ``fit``; for studying where a model
     looks).
+
+    Soft targets (training only): ``mix`` (:class:`helpers.mixing.MixConfig`) mixes each augmented batch by
+    Mixup or CutMix and yields float32 ``(batch, 7)`` soft labels instead of class ids; ``teacher`` (a model
+    from 0..255 images to class probabilities, e.g. a trained ``.keras``) sees exactly the image the student
+    sees, mixed or not, and its probabilities are appended: labels ``(batch, 14)``, the soft label first.
+    The mixing draws are keyed like the augmentation's (by ``seed``, and by epoch with ``first_epoch``).
     """
     img_size = _check_positive_int(img_size, "img_size")
     batch_size = _check_positive_int(batch_size, "batch_size")
     labels = _labels(df)
     config = _augment_config(augment, training)
+    soft = _check_soft_targets(mix, teacher, training, metadata, with_masks)
     vectors = tf.constant(encode_metadata(df, missing_metadata)) if metadata else None
     images, rows = _load_unique(df["path"].astype(str).tolist(), img_size, cache, workers, progress)
     pixels = tf.constant(images)
@@ -383,6 +393,10 @@ def make_dataset(
             lambda batch, s: (augment_images(batch[0], s, config), *batch[1:]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if soft:
+        ds = _soft_targets(
+            ds, mix, teacher, seed, epoch_steps(len(rows), batch_size) * first_epoch if keyed else None
+        )
     if masks is not None:
         ds = ds.map(lambda x, y, i: {"image": x[..., :3], "mask": x[..., 3] > 127.5, "label": y})
     elif vectors is not None:
@@ -390,6 +404,62 @@ def make_dataset(
     else:
         ds = ds.map(lambda x, y, i: (x, y))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_soft_targets(
+    mix: MixConfig | None, teacher: Callable | None, training: bool, metadata: bool, with_masks: bool
+) -> bool:
+    """Whether the dataset yields soft targets; ValueError for a combination that cannot."""
+    if mix is not None and not isinstance(mix, MixConfig):
+        raise ValueError(f"mix must be None or a helpers.mixing.MixConfig, got {mix!r}.")
+    if teacher is not None and not callable(teacher):
+        raise ValueError(f"teacher must be None or a Keras model, got {type(teacher).__name__}.")
+    soft = (mix is not None and mix.active) or teacher is not None
+    if soft and (not training or metadata or with_masks):
+        raise ValueError(
+            "Mixup/CutMix and a teacher apply to image-only training datasets (training=True, "
+            "metadata=False, with_masks=False)."
+        )
+    return soft
+
+
+def _soft_targets(
+    ds: tf.data.Dataset,
+    mix: MixConfig | None,
+    teacher: Callable[[tf.Tensor], tf.Tensor] | None,
+    seed: int,
+    first_step: int | None,
+) -> tf.data.Dataset:
+    """``(x, class ids, index)`` batches to ``(x, soft targets, index)``: one-hot labels, mixed by ``mix``,
+    with the ``teacher``'s probabilities of the mixed images appended. Mixing seeds: ``(seed + 2, step)``
+    from step ``first_step`` on (epochs keyed by number), else a seeded stream that moves on each epoch."""
+    if first_step is None:
+        seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True).batch(2)
+    else:
+        seeds = tf.data.Dataset.counter(first_step, dtype=tf.int64).map(
+            lambda k: tf.stack([tf.constant(seed + 2, tf.int64), k])
+        )
+    classes = len(CLASS_NAMES)
+
+    def targets(batch: tuple, s: tf.Tensor) -> tuple:
+        x, y, i = batch
+        t = tf.one_hot(y, classes, dtype=tf.float32)
+        if mix is not None:
+            x, t = mix_batch(x, t, s, mix)
+        if teacher is not None:
+            t = tf.concat([t, teacher_probabilities(teacher, x)], axis=-1)
+        return x, t, i
+
+    return tf.data.Dataset.zip(ds, seeds).map(targets, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def teacher_probabilities(teacher: Callable[[tf.Tensor], tf.Tensor], images: tf.Tensor) -> tf.Tensor:
+    """The teacher's class probabilities for a batch of 0..255 images, resized to its input size when that
+    differs."""
+    size = getattr(teacher, "inputs", None) and teacher.inputs[0].shape[1]
+    if size and size != images.shape[1]:
+        images = tf.image.resize(images, (size, size))
+    return tf.cast(teacher(images, training=False), tf.float32)
 
 
 def epoch_steps(n_rows: int, batch_size: int) -> int:

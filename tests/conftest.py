@@ -75,7 +75,7 @@ def model_files() -> dict[str, Path]:
     from helpers.models import build_model
 
     keras.utils.set_random_seed(3)
-    model = build_model("default", 32)
+    model = build_model("fast", 32)
     blocks = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 3))
     set_batchnorm_statistics(model, np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2))
     folder = Path(tempfile.mkdtemp(prefix="dermsep-models-"))

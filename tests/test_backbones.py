@@ -27,6 +27,8 @@ from helpers.backbones import (
 from helpers.models import build_model, count_macs, count_params
 
 MILITARY_UNIFORM = 652
+LITE0_GRADCAM_128 = "block11_expand_relu"
+"""At 128 px: the expanded 8x8 map of block 11 (672 channels), before its stride-2 depthwise conv."""
 
 
 def _grace_hopper(size: int) -> np.ndarray:
@@ -163,3 +165,56 @@ def test_keras_applications_offline_names_the_offline_backbone(tmp_path: Path, m
 def _offline_get_file(*args, **kwargs):
     """keras.utils.get_file as it fails without a network (its own wrapping of urllib's error)."""
     raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] no network")
+
+
+# ------------------------------------------------------------------ the default works everywhere a model goes
+@pytest.fixture(scope="module")
+def lite0_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pretrained default at 32 px (ImageNet backbone, new classifier), saved as .keras."""
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("lite0") / "model.keras"
+    build_model("default", 32).save(path)
+    return path
+
+
+def test_gradcam_reads_the_last_8x8_map_of_the_default():
+    from helpers.explain import gradcam_layer
+
+    assert gradcam_layer(build_model("default", 128, pretrained=False)).name == LITE0_GRADCAM_128
+    assert gradcam_layer(build_model("default", 32, pretrained=False)).output.shape[1:3] == (8, 8)
+
+
+def test_the_default_with_metadata_predictor_and_one_image(lite0_file: Path, tmp_path: Path):
+    from helpers.models import predictor, uses_metadata
+    from helpers.predict import predict_image
+
+    model = keras.models.load_model(lite0_file)
+    with_metadata = build_model("default", 32, metadata=True)
+    assert uses_metadata(with_metadata) and with_metadata.get_layer("block3_dw").get_weights()
+    wrapped = predictor(model, views=4, class_weights=[1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 1.0])
+    images = np.stack([_grace_hopper(32), _grace_hopper(32)[::-1]])
+    probs = wrapped.predict(images, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    plain = model.predict(images, verbose=0)
+    assert not np.allclose(probs, plain)  # the views and the prior shift changed the answer
+    image_path = tmp_path / "hopper.png"
+    Image.fromarray(_grace_hopper(64).astype(np.uint8)).save(image_path)
+    result = predict_image(lite0_file, image_path, gradcam=True)
+    expected = model.predict(result.image[None].astype(np.float32), verbose=0)[0]
+    assert result.top_k[0][2] == pytest.approx(float(expected.max()), abs=1e-5)
+    assert result.overlay.shape == (32, 32, 3) and np.ptp(result.heatmap) > 0
+
+
+@pytest.mark.slow
+def test_the_default_exports_to_float16_and_int8_tflite_faithfully(lite0_file: Path, tmp_path: Path):
+    from helpers.export import export_report
+
+    rng = np.random.default_rng(0)
+    base = np.stack([_grace_hopper(32)] * 24)
+    images = np.clip(base * rng.uniform(0.6, 1.2, (24, 1, 1, 3)), 0, 255).astype(np.float32)
+    report = export_report(lite0_file, images, None, tmp_path, images.astype(np.uint8), runs=3).set_index(
+        "format"
+    )
+    assert report.loc["tflite_float16", "max_abs_diff"] < 0.01
+    assert report.loc["tflite_int8", "size_kb"] < 0.35 * report.loc["tflite_float32", "size_kb"]
+    assert report.loc["tflite_int8", "max_abs_diff"] < 0.2

@@ -100,7 +100,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Iterat
     server, url, token = start_lab(folder)
     try:
         run_dir = folder / "models" / "browser"
-        train(data_dir=synthetic_dir, run_dir=run_dir, img_size=32, epochs=1, max_images=120, verbose=0)
+        train(
+            data_dir=synthetic_dir,
+            run_dir=run_dir,
+            img_size=32,
+            epochs=1,
+            max_images=120,
+            model_name="fast",
+            verbose=0,
+        )
         small = {
             "model_path": str(run_dir / "best.keras"),
             "data_dir": str(synthetic_dir),

@@ -221,7 +221,7 @@ def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthet
     missing = df[df["split"] == "test"].assign(path="/nonexistent/never_read.jpg")
     df = pd.concat([df[df["split"] != "test"], missing], ignore_index=True)  # reading test would fail
     keras.utils.set_random_seed(0)
-    model = build_model("default", 16)
+    model = build_model("fast", 16)
     tried = []  # the pooled layers of every re-training finalize_predictor runs (the real fitting)
     real = classifier.classifier_from_features
     monkeypatch.setattr(
@@ -263,9 +263,9 @@ def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthet
 def test_finalize_predictor_refuses_a_split_without_val_rows(synthetic_dir: Path):
     df = split_by_lesion(load_metadata(synthetic_dir, verbose=False), seed=0)
     with pytest.raises(ValueError, match="no val rows"):
-        finalize_predictor(build_model("default", 16), df[df["split"] == "train"], 16)
+        finalize_predictor(build_model("fast", 16), df[df["split"] == "train"], 16)
     with pytest.raises(ValueError, match="'split' columns"):
-        finalize_predictor(build_model("default", 16), df.drop(columns="split"), 16)
+        finalize_predictor(build_model("fast", 16), df.drop(columns="split"), 16)
 
 
 def test_prior_shifted_predictor_chooses_tau_on_the_ensembles_val_predictions(data):
@@ -283,7 +283,7 @@ def test_prior_shifted_predictor_chooses_tau_on_the_ensembles_val_predictions(da
 
 
 def test_multi_scale_layers_are_the_stage_outputs_but_the_last():
-    assert multi_scale_layers(build_model("default", 28)) == (
+    assert multi_scale_layers(build_model("fast", 28)) == (
         "stage1_res_out",
         "stage2_res_out",
         "stage3_res_out",
@@ -295,7 +295,7 @@ def test_the_networks_own_features_lead_the_multi_scale_ones_and_view_probs_is_t
     """What re-training from one set of features relies on: the single-scale features are the first columns
     of the multi-scale ones, and the last layer on the view features gives the TTA predictor's output."""
     keras.utils.set_random_seed(0)
-    model = build_model("default", 16)
+    model = build_model("fast", 16)
     images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3)).astype("float32")
     single = view_features(feature_model(model), images, views=4)
     multi = view_features(feature_model(model, multi_scale_layers(model)), images, views=4)

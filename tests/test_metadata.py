@@ -71,7 +71,7 @@ def test_encoding_refuses_absent_columns_unless_asked():
 
 # ------------------------------------------------------------------------------ model
 def test_two_input_model_takes_raw_pixels_and_metadata():
-    image_only, model = build_model("default", SIZE), build_model("default", SIZE, metadata=True)
+    image_only, model = build_model("fast", SIZE), build_model("fast", SIZE, metadata=True)
     assert [t.name for t in model.inputs] == ["image", "metadata"] and uses_metadata(model)
     assert not uses_metadata(image_only)
     assert count_params(model) - count_params(image_only) == (METADATA_WIDTH + 1) * 32 + 32 * 7
@@ -87,8 +87,8 @@ def test_two_input_model_takes_raw_pixels_and_metadata():
 
 
 def test_film_fusion_starts_as_the_identity_then_lets_the_metadata_scale_each_feature():
-    model = build_model("default", SIZE, metadata=True, fusion="film")
-    concat = build_model("default", SIZE, metadata=True)
+    model = build_model("fast", SIZE, metadata=True, fusion="film")
+    concat = build_model("fast", SIZE, metadata=True)
     width = model.get_layer("predictions").input.shape[-1]
     extra = 2 * (METADATA_UNITS * width + width) - METADATA_UNITS * 7  # scale, shift; narrower classifier
     assert count_params(model) - count_params(concat) == extra
@@ -104,14 +104,14 @@ def test_film_fusion_starts_as_the_identity_then_lets_the_metadata_scale_each_fe
     a, b = (np.asarray(fused({"image": images, "metadata": v})) for v in (young, old))
     assert not np.allclose(a, b) and not np.allclose(a, features)
     with pytest.raises(ValueError, match="fusion must be one of"):
-        build_model("default", SIZE, metadata=True, fusion="gate")
+        build_model("fast", SIZE, metadata=True, fusion="gate")
 
 
 @pytest.mark.parametrize("twin", ["keras layer", "numpy"])
 def test_metadata_dropout_drops_whole_fields_and_sometimes_all(twin: str):
     """Each field alone with FIELD_DROPOUT, every field at once with ALL_FIELDS_DROPOUT; the Keras layer (in
     training only) and its NumPy twin for the re-trained classifier draw the same way."""
-    layer = build_model("default", SIZE, metadata=True).get_layer("metadata_dropout")
+    layer = build_model("fast", SIZE, metadata=True).get_layer("metadata_dropout")
     assert isinstance(layer, MetadataDropout)
     x = np.repeat(encode_one(40, "female", "back"), 4000, 0)
     assert np.array_equal(np.asarray(layer(x, training=False)), x)
@@ -135,7 +135,7 @@ def test_metadata_dropout_drops_whole_fields_and_sometimes_all(twin: str):
 
 def test_predictor_repeats_the_metadata_for_every_view():
     keras.utils.set_random_seed(1)
-    model = build_model("default", SIZE, metadata=True)
+    model = build_model("fast", SIZE, metadata=True)
     images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3)).astype("float32")
     meta = np.concatenate(
         [encode_one(20, "male", "face"), encode_one(70, "female", "back"), missing_vector(1)]
@@ -165,7 +165,7 @@ def test_dataset_feeds_each_image_its_own_metadata(synthetic_dir: Path):
 def runs(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A metadata run trained 2 epochs then resumed to 3, and one trained 3 epochs at once."""
     work = tmp_path_factory.mktemp("metadata")
-    settings = {"img_size": SIZE, "model_name": "default", "metadata": True}
+    settings = {"img_size": SIZE, "model_name": "fast", "metadata": True}
     run_training(synthetic_dir, work, work / "resumed", epochs=2, **settings)
     resumed = run_training(synthetic_dir, work, work / "resumed", epochs=3, **settings)
     once = run_training(synthetic_dir, work, work / "once", epochs=3, **settings)
@@ -184,7 +184,7 @@ def test_metadata_run_records_its_input_and_resumes_exactly(runs):
 
 def test_image_only_run_cannot_resume_as_a_metadata_run(runs, synthetic_dir: Path):
     with pytest.raises(ValueError, match="holds a run .* with different settings"):
-        run_training(synthetic_dir, runs["work"], runs["once"].run_dir, epochs=4, model_name="default")
+        run_training(synthetic_dir, runs["work"], runs["once"].run_dir, epochs=4, model_name="fast")
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +248,7 @@ def test_predict_one_image_with_age_sex_and_site(finished, runs):
         predict_image(path, row["path"], localization="leg")
     with pytest.warns(UserWarning, match="takes images only: age ignored"):
         image_model = runs["work"] / "image_only.keras"
-        save_keras_model(build_model("default", SIZE), image_model)
+        save_keras_model(build_model("fast", SIZE), image_model)
         predict_image(image_model, row["path"], age=50)
 
 

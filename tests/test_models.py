@@ -9,6 +9,7 @@ import pytest
 from helpers import models
 from helpers.models import (
     DEFAULT_MODEL,
+    FAST_MODEL,
     MODEL_NAMES,
     PRETRAINED_MODELS,
     build_model,
@@ -37,13 +38,18 @@ def test_replica_has_the_original_parameter_count():
 
 
 @pytest.mark.parametrize("img_size", [28, 64, 128])
-def test_default_stays_within_twice_the_original_parameters(img_size):
-    assert count_params(build_model(DEFAULT_MODEL, img_size)) <= 2 * ORIGINAL_PARAMS
+def test_fast_model_stays_within_twice_the_original_parameters(img_size):
+    assert count_params(build_model(FAST_MODEL, img_size)) <= 2 * ORIGINAL_PARAMS
 
 
-def test_default_needs_far_fewer_macs_than_the_original_at_128():
-    default_macs = count_macs(build_model(DEFAULT_MODEL, 128))
-    assert default_macs * 5 < count_macs(models.cpu_light_efficient_cnn(128))
+def test_fast_model_needs_far_fewer_macs_than_the_original_at_128():
+    fast_macs = count_macs(build_model(FAST_MODEL, 128))
+    assert fast_macs * 5 < count_macs(models.cpu_light_efficient_cnn(128))
+
+
+def test_pretrained_default_costs_about_the_originals_compute_at_128():
+    default_macs = count_macs(build_model(DEFAULT_MODEL, 128, pretrained=False))
+    assert 0.9 < default_macs / count_macs(models.cpu_light_efficient_cnn(128)) < 1.1
 
 
 @pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n not in PRETRAINED_MODELS])
@@ -58,7 +64,7 @@ def test_models_build_and_output_probabilities_from_raw_uint8(name, img_size):
 
 
 def test_uint8_and_float_inputs_give_the_same_prediction():
-    model = build_model(DEFAULT_MODEL, 28)
+    model = build_model(FAST_MODEL, 28)
     images = _raw_images(3, 28)
     from_uint8 = keras.ops.convert_to_numpy(model(images, training=False))
     from_float = keras.ops.convert_to_numpy(model(images.astype("float32"), training=False))
@@ -68,12 +74,13 @@ def test_uint8_and_float_inputs_give_the_same_prediction():
 def test_stem_downsampling_adapts_to_input_size():
     assert [models.stem_downsamples(s) for s in (16, 28, 64, 128, 256)] == [0, 0, 1, 2, 3]
     # The body starts at the same resolution for 64 and 128 px inputs, so MACs grow only through the stem.
-    assert count_macs(build_model(DEFAULT_MODEL, 128)) < 2 * count_macs(build_model(DEFAULT_MODEL, 64))
+    assert count_macs(build_model(FAST_MODEL, 128)) < 2 * count_macs(build_model(FAST_MODEL, 64))
 
 
-def test_default_alias_builds_the_default_model():
-    assert build_model("default", 64).name == DEFAULT_MODEL
-    assert DEFAULT_MODEL in MODEL_NAMES
+def test_aliases_build_the_default_and_the_fast_model():
+    assert build_model("default", 64, pretrained=False).name == DEFAULT_MODEL == "efficientnet_lite0"
+    assert build_model("fast", 64).name == FAST_MODEL == "dermsep_net"
+    assert {DEFAULT_MODEL, FAST_MODEL} <= set(MODEL_NAMES)
 
 
 def test_num_classes_sets_the_output_width():
@@ -89,12 +96,12 @@ def test_unknown_model_name_lists_valid_names(name):
 @pytest.mark.parametrize("img_size", [0, -28, 8, 15, 28.0, "128", True, None])
 def test_bad_img_size_is_rejected_clearly(img_size):
     with pytest.raises(ValueError, match="img_size must be an int >= 16"):
-        build_model(DEFAULT_MODEL, img_size)
+        build_model(FAST_MODEL, img_size)
 
 
 def test_bad_num_classes_is_rejected_clearly():
     with pytest.raises(ValueError, match="num_classes"):
-        build_model(DEFAULT_MODEL, 28, num_classes=1)
+        build_model(FAST_MODEL, 28, num_classes=1)
 
 
 def _param_count(layer: keras.layers.Layer, channels: int) -> int:
@@ -151,7 +158,7 @@ def test_conv_cost_table_shows_the_separable_saving():
 
 
 def test_keras_round_trip_gives_identical_predictions(tmp_path):
-    model = build_model(DEFAULT_MODEL, 28)
+    model = build_model(FAST_MODEL, 28)
     images = _raw_images(4, 28)
     path = tmp_path / "model.keras"
     model.save(path)

@@ -31,6 +31,7 @@ PARAMETERS: dict[str, dict[str, object]] = {
         "max_images": 240,
         "run_dir": str(RUN_DIR),
         "finalize": True,
+        "student_epochs": 1,
     },
     "05_evaluate": {
         "model_path": str(RUN_DIR / "best.keras"),
@@ -41,11 +42,14 @@ PARAMETERS: dict[str, dict[str, object]] = {
 # Text each executed notebook must show (checked on the outputs, so a silently empty notebook fails).
 EXPECTED_TEXT: dict[str, list[str]] = {
     "01_explore_metadata": ["lesions present in more than one split: 0", "majority_class"],
+    "02_build_pipeline": ["each soft label sums to 1: True"],
     "04_train_and_resume": [
         "epochs completed",
         "restored on resume",
         "backup/epoch-0003/state.json",
         "predictor.keras: {",
+        "'sha256': '",
+        "best val balanced accuracy",
     ],
     "05_evaluate": [
         "matches training split: True",

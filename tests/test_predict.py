@@ -62,7 +62,7 @@ def test_predict_with_gradcam(model_files: dict[str, Path], tmp_path: Path) -> N
         predict_image(model_files["tflite"], path, gradcam=True)
 
 
-@pytest.mark.parametrize("name", ["default", "cpu_light_efficient_cnn"])
+@pytest.mark.parametrize("name", ["fast", "default", "cpu_light_efficient_cnn"])
 def test_gradcam_on_built_models(name: str) -> None:
     keras.utils.set_random_seed(0)
     model = build_model(name, SIZE)

@@ -27,7 +27,7 @@ from helpers.models import (
 @pytest.fixture(scope="module")
 def base() -> keras.Model:
     keras.utils.set_random_seed(0)
-    return build_model("default", 16)
+    return build_model("fast", 16)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_gradcam_of_a_predictor_explains_the_network_inside(base: keras.Model, i
 @pytest.fixture(scope="module")
 def second() -> keras.Model:
     keras.utils.set_random_seed(1)
-    return build_model("default", 16)  # same name as ``base``: the ensemble must tell them apart
+    return build_model("fast", 16)  # same name as ``base``: the ensemble must tell them apart
 
 
 def test_ensemble_predictor_averages_its_members_over_the_views(
@@ -121,7 +121,7 @@ def test_ensemble_predictor_averages_its_members_over_the_views(
 
 def test_ensemble_refuses_members_that_cannot_be_averaged(base: keras.Model):
     with pytest.raises(ValueError, match="must share image shape"):
-        predictor([base, build_model("default", 24)])
+        predictor([base, build_model("fast", 24)])
     with pytest.raises(ValueError, match="non-empty list of Keras models"):
         predictor([])
 
@@ -129,7 +129,7 @@ def test_ensemble_refuses_members_that_cannot_be_averaged(base: keras.Model):
 def test_predict_images_matches_the_model_without_the_determinism_log(images, capfd):
     tf.config.experimental.enable_op_determinism()  # as helpers.train.train does, process-wide
     keras.utils.set_random_seed(0)
-    model = build_model("default", 16)  # a new model: Keras's array adapter would log on its first predict
+    model = build_model("fast", 16)  # a new model: Keras's array adapter would log on its first predict
     got = predict_images(model, images, batch_size=4)
     assert "NodeDef mentions attribute" not in capfd.readouterr().err
     np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(images, training=False)), atol=1e-6)

@@ -14,7 +14,7 @@ from helpers.classes import CLASS_TO_INDEX
 from helpers.modelio import load_keras_model as load_model
 from helpers.pipeline import load_images
 from helpers.train import RECIPES, Recipe, averaged_weights, prepare_data, validation_scores
-from helpers.train.loop import _compiled_model
+from helpers.train.loop import compiled_model
 from helpers.train.recipes import SmoothedSparseCrossentropy, make_optimizer
 
 TUNED = Recipe(
@@ -94,7 +94,7 @@ def test_training_with_the_tuned_recipe_records_it_and_refuses_to_resume_with_an
 
 def test_recipes_are_chosen_by_name_and_unknown_names_are_refused(synthetic_dir: Path, tmp_path: Path):
     assert RECIPES["tuned"].schedule == "cosine" and RECIPES["plain"] == Recipe()
-    with pytest.raises(ValueError, match=r"one of \['plain', 'tuned'\], got 'fancy'"):
+    with pytest.raises(ValueError, match=r"one of \['plain', 'transfer', 'tuned'\], got 'fancy'"):
         run_training(synthetic_dir, tmp_path, tmp_path / "run", epochs=1, recipe="fancy")
 
 
@@ -144,7 +144,7 @@ def test_ema_training_saves_the_averaged_weights_and_resumes_from_the_raw_ones(
     split = tmp_path / "split"
     first = run_training(synthetic_dir, tmp_path, split, epochs=1, recipe=EMA, max_images=120)
     # after epoch 1, best.keras is the averaged model; the backup holds the raw weights and the averages
-    model = _compiled_model("cpu_light_efficient_cnn", 32, 1e-3, None, EMA, total_steps=12, steps_per_epoch=6)
+    model = compiled_model("cpu_light_efficient_cnn", 32, 1e-3, EMA, epochs=2, steps_per_epoch=6)
     model.load_weights(split / "backup" / "epoch-0001" / "state.weights.h5")
     best = load_model(first.best_model_path).get_weights()
     assert not same_weights(model.get_weights(), best)

@@ -217,10 +217,11 @@ def test_notebook_01_with_nonexistent_data_dir_shows_the_fix(tmp_path):
 @pytest.mark.parametrize(
     ("bad", "expected"),
     [
-        ({"img_size": 8}, r"img_size must be an int >= 16 \(pixels per side\), got 8"),
+        ({"img_size": 8}, r"img_size must be an int >= 32 for efficientnet_lite0 .*got 8"),
         (
             {"recipe": "tuned2"},
-            r"recipe must be None, a helpers.train.Recipe or one of \['plain', 'tuned'\], got 'tuned2'",
+            r"recipe must be None, a helpers.train.Recipe, a recipe .json file or one of "
+            r"\['plain', 'transfer', 'tuned'\], got 'tuned2'",
         ),
     ],
 )

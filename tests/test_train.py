@@ -34,8 +34,7 @@ from helpers.train import (
     prepare_data,
     read_backup_state,
 )
-from helpers.train.loop import _compiled_model
-from helpers.train.recipes import resolve_recipe
+from helpers.train.loop import compiled_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +110,7 @@ def test_first_training_step_creates_no_variables(synthetic_dir: Path):
     """The compiled metrics exist (at zero) before fit, so the traced step creates no variable and is not
     traced a second time."""
     df = prepare_data(synthetic_dir, seed=1, verbose=False)
-    model = _compiled_model("cpu_light_efficient_cnn", 32, 1e-3, None, resolve_recipe("plain"), 2, 2)
+    model = compiled_model("cpu_light_efficient_cnn", 32, 1e-3, "plain", 2, 1)
     metric_values = [float(v.numpy()) for m in model.metrics for v in m.variables]
     assert len(metric_values) >= 4 and not any(metric_values), "built and zeroed"
     train_ds = make_dataset(df[df["split"] == "train"].head(16), 32, 8, training=True, progress=False)
@@ -235,7 +234,7 @@ def test_rerun_of_a_finished_run_trains_nothing(synthetic_dir: Path, workdir: Pa
     ("change", "named"),
     [
         ({"img_size": 48}, "img_size: saved 32, now 48"),
-        ({"model_name": "default"}, "model_name"),
+        ({"model_name": "fast"}, "model_name"),
         ({"max_images": 60}, "data_fingerprint"),
         ({"batch_size": 8}, "batch_size"),
         ({"learning_rate": 0.5}, "optimiser: saved .*'learning_rate': 0.001.*now .*'learning_rate': 0.5"),
@@ -250,15 +249,16 @@ def test_resume_with_other_settings_is_refused(synthetic_dir, workdir, two_epoch
 
 def test_default_run_name_is_the_same_for_the_same_settings_only():
     settings = {"batch_size": 32, "optimiser": {"learning_rate": 1e-3}, "recipe": {"schedule": "plateau"}}
-    name = default_run_name("default", 128, 42, "ab" * 32, settings)
+    name = default_run_name("fast", 128, 42, "ab" * 32, settings)
     assert name.startswith("dermsep_net_128px_data-abababab_seed42_cfg-")
+    assert default_run_name("default", 128, 42, "ab" * 32, settings).startswith("efficientnet_lite0_128px")
     assert name == default_run_name("dermsep_net", 128, 42, "ab" * 32, json.loads(json.dumps(settings)))
     for changed in (
         {"batch_size": 16},
         {"optimiser": {"learning_rate": 2e-3}},
         {"recipe": {"schedule": "cosine"}},
     ):
-        assert default_run_name("default", 128, 42, "ab" * 32, {**settings, **changed}) != name
+        assert default_run_name("fast", 128, 42, "ab" * 32, {**settings, **changed}) != name
 
 
 def test_resume_false_starts_fresh_and_same_seed_repeats_the_run_exactly(

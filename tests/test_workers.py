@@ -27,6 +27,7 @@ from test_readme import README, section, shell_commands
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
 SMALL = ["--img-size", "32", "--epochs", "2", "--batch-size", "8", "--max-images", "120", "--verbose", "0"]
+SMALL += ["--model-name", "fast"]
 SCRIPT = """
 import sys
 import numpy as np
@@ -35,7 +36,7 @@ from helpers.train.workers import cluster_strategy
 
 strategy = cluster_strategy()
 result = train(data_dir=sys.argv[1], run_dir=sys.argv[2], img_size=32, epochs=2, batch_size=8,
-               max_images=120, strategy=strategy, verbose=1)
+               model_name="fast", max_images=120, strategy=strategy, verbose=1)
 np.savez(sys.argv[3], *result.model.get_weights())
 """
 NOBODY = 65534
@@ -193,7 +194,7 @@ def test_batch_norm_is_synchronized_only_across_replicas():
     from helpers.models import build_model
     from helpers.train.workers import synchronize_batch_norm
 
-    model = build_model("default", 32)
+    model = build_model("fast", 32)
     norms = [layer for layer in model.layers if "BatchNormalization" in type(layer).__name__]
     assert synchronize_batch_norm(model, None) == synchronize_batch_norm(model, _Replicas(1)) == 0
     assert not any(layer.get_config()["synchronized"] for layer in norms)  # one process: as before

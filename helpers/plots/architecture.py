@@ -1,4 +1,4 @@
-"""Figures for the model-architecture walkthrough: conv cost, compute per layer, latency."""
+"""Figures for the model-architecture walkthrough: conv cost, compute per layer and by resolution, latency."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ TYPE_COLORS = {
     "SeparableConv2D": "#2ca02c",
     "Dense": "#9467bd",
 }
+
+
+def _type_legend(ax, tables: list[pd.DataFrame]) -> None:
+    """A legend of the layer types (colours of :data:`TYPE_COLORS`) that occur in ``tables``."""
+    present = {kind for t in tables for kind in t["type"]}
+    kinds = [kind for kind in TYPE_COLORS if kind in present]
+    ax.legend([Rectangle((0, 0), 1, 1, color=TYPE_COLORS[k]) for k in kinds], kinds, fontsize=8, loc="best")
 
 
 def plot_conv_cost(table: pd.DataFrame, save_path: str | Path | None = None) -> Figure:
@@ -66,8 +73,7 @@ def plot_macs_per_layer(tables: dict[str, pd.DataFrame], save_path: str | Path |
         ax.set_title(f"{name}: {t['macs'].sum() / 1e6:.1f} M MACs in total")
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("million multiply-accumulates per image")
-    handles = [Rectangle((0, 0), 1, 1, color=c) for c in TYPE_COLORS.values()]
-    axes[0, 0].legend(handles, list(TYPE_COLORS), fontsize=8, loc="lower right")
+    _type_legend(axes[0, 0], list(shown.values()))
     fig.tight_layout()
     save_figure(fig, save_path)
     return fig
@@ -83,6 +89,37 @@ def plot_latency(latencies_ms: dict[str, float], save_path: str | Path | None = 
     ax.margins(y=0.15)
     ax.set_ylabel("median latency per image (ms)")
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, save_path)
+    return fig
+
+
+def plot_macs_by_resolution(tables: dict[str, pd.DataFrame], save_path: str | Path | None = None) -> Figure:
+    """MACs per image by the side of the map a layer writes, one panel per model (``layer_table`` outputs),
+    stacked by layer type; dense layers (no map) in a last column. Shared axes, so the models compare."""
+
+    def side(shape: str) -> str:
+        dims = shape.split("x")
+        return dims[0] if len(dims) == 3 else "dense"
+
+    weighted = {name: t[t["macs"] > 0].assign(side=t["output_shape"].map(side)) for name, t in tables.items()}
+    sides = sorted({s for t in weighted.values() for s in t["side"] if s != "dense"}, key=int, reverse=True)
+    columns = [*sides, "dense"]
+    fig, axes = subplots(1, len(weighted), figsize=(4 * len(weighted), 3.8), sharey=True, squeeze=False)
+    pos = np.arange(len(columns))
+    for ax, (name, t) in zip(axes[0], weighted.items(), strict=True):
+        by = t.pivot_table(index="side", columns="type", values="macs", aggfunc="sum", fill_value=0)
+        by = by.reindex(index=columns, fill_value=0) / 1e6
+        bottom = np.zeros(len(columns))
+        for kind in sorted(by.columns, key=lambda k: list(TYPE_COLORS).index(k) if k in TYPE_COLORS else 99):
+            ax.bar(pos, by[kind], bottom=bottom, color=TYPE_COLORS.get(kind, "#7f7f7f"))
+            bottom += by[kind].to_numpy()
+        ax.set_xticks(pos, columns)
+        ax.set_xlabel("output map side (px)")
+        ax.set_title(f"{name}\n{t['macs'].sum() / 1e6:.1f} M MACs", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("million multiply-accumulates per image")
+    _type_legend(axes[0, -1], list(weighted.values()))
     fig.tight_layout()
     save_figure(fig, save_path)
     return fig

@@ -108,3 +108,30 @@ def plot_throughput(images_per_s: Mapping[str, float], save_path: str | Path | N
     fig.tight_layout()
     save_figure(fig, save_path)
     return fig
+
+
+def plot_mixed_batch(
+    images: np.ndarray,
+    soft_labels: np.ndarray,
+    max_images: int = 8,
+    ncols: int = 4,
+    title: str | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Mixed training images (Mixup or CutMix, :mod:`helpers.mixing`), each titled with the classes of its
+    soft label and their shares (e.g. ``mel 0.63 + nv 0.37``)."""
+    images, soft = _as_uint8(images)[:max_images], np.asarray(soft_labels, dtype=np.float64)[:max_images]
+    ncols = min(ncols, len(images))
+    nrows = -(-len(images) // ncols)
+    fig, axes = subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, soft, strict=False):
+        ax.imshow(image)
+        order = [int(c) for c in np.argsort(label)[::-1] if label[c] > 0.005][:2]
+        ax.set_title(" + ".join(f"{CLASS_NAMES[c]} {label[c]:.2f}" for c in order), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, save_path)
+    return fig

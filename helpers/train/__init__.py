@@ -33,7 +33,15 @@ line).
 from helpers.train.checkpoint import BACKUP_DIR, CrashSafeCheckpoint, read_backup_state, resume_summary
 from helpers.train.cli import main
 from helpers.train.loop import TrainResult, prepare_data, train
-from helpers.train.recipes import RECIPES, SCHEDULES, Recipe, averaged_weights, resolve_recipe
+from helpers.train.recipes import (
+    RECIPES,
+    SCHEDULES,
+    Recipe,
+    averaged_weights,
+    load_recipe,
+    resolve_recipe,
+    save_recipe,
+)
 from helpers.train.run import MIN_FREE_BYTES, architecture_signature, default_run_name, list_run_files
 from helpers.train.selection import SELECTION_METRIC, BalancedSelection, ValidationMetrics, validation_scores
 
@@ -52,11 +60,13 @@ __all__ = [
     "averaged_weights",
     "default_run_name",
     "list_run_files",
+    "load_recipe",
     "main",
     "prepare_data",
     "read_backup_state",
     "resolve_recipe",
     "resume_summary",
+    "save_recipe",
     "train",
     "validation_scores",
 ]

@@ -46,6 +46,8 @@ _IDENTITY_KEYS = (
     "architecture",
     "recipe",
     "optimiser",
+    "model_options",
+    "teacher",
 )
 
 
@@ -331,9 +333,10 @@ def resume_point(run_dir: Path, identity: dict, resume: bool) -> tuple[Path | No
     snapshot, state = found
     saved = state.get("identity", {})
     diffs = [
-        f"{k}: saved {saved.get(k)!r}, now {identity[k]!r}"
+        f"{k}: saved {saved.get(k)!r}, now {identity.get(k)!r}"
         for k in _IDENTITY_KEYS
-        if saved.get(k) != identity[k] and (k in saved or k != "optimiser")  # runs saved before it was kept
+        if saved.get(k) != identity.get(k)
+        and (k in saved or k != "optimiser")  # runs saved before it was kept
     ]
     if diffs:
         raise ValueError(

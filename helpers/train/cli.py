@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from helpers.models import FUSIONS, MODEL_NAMES
 from helpers.train.loop import train
-from helpers.train.recipes import SCHEDULES, Recipe
+from helpers.train.recipes import SCHEDULES, resolve_recipe
 from helpers.train.workers import cluster_strategy
+
+RECIPE_OPTIONS = (
+    "schedule",
+    "weight_decay",
+    "label_smoothing",
+    "class_weight_power",
+    "ema",
+    "mixup_alpha",
+    "cutmix_alpha",
+)
+"""Recipe fields the command line can change (``--weight-decay`` ...)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     parser.add_argument("--lr-patience", type=int, default=2, help="epochs before the learning rate is cut")
-    parser.add_argument("--schedule", default="plateau", choices=SCHEDULES, help="learning-rate schedule")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: Adam)")
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--class-weight-power", type=float, default=1.0, help="1 balanced, 0 unweighted")
-    parser.add_argument("--ema", type=float, default=0.0, help="weight-average momentum, e.g. 0.995 (0: off)")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="plain, tuned, transfer or a recipe .json (default: the model's own); the options below edit it",
+    )
+    parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (0: Adam)")
+    parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--class-weight-power", type=float, help="1 balanced, 0 unweighted")
+    parser.add_argument("--ema", type=float, help="weight-average momentum, e.g. 0.995 (0: off)")
+    parser.add_argument("--mixup-alpha", type=float, help="Mixup's Beta parameter, e.g. 0.2 (0: off)")
+    parser.add_argument("--cutmix-alpha", type=float, help="CutMix's Beta parameter, e.g. 1.0 (0: off)")
+    parser.add_argument("--teacher", default=None, help="a .keras model to distil into this one")
     parser.add_argument(
         "--metadata", action="store_true", help="also feed age, sex and body site (a two-input model)"
     )
@@ -54,13 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         strategy = cluster_strategy() if args.multi_worker else None
-        recipe = Recipe(
-            schedule=args.schedule,
-            weight_decay=args.weight_decay,
-            label_smoothing=args.label_smoothing,
-            class_weight_power=args.class_weight_power,
-            ema=args.ema,
-        )
+        changes = {name: getattr(args, name) for name in RECIPE_OPTIONS if getattr(args, name) is not None}
+        recipe = dataclasses.replace(resolve_recipe(args.recipe, args.model_name), **changes)
         result = train(
             data_dir=args.data_dir,
             img_size=args.img_size,
@@ -79,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             patience=args.patience,
             lr_patience=args.lr_patience,
             recipe=recipe,
+            teacher=args.teacher,
             figures_dir=args.figures_dir,
             strategy=strategy,
             verbose=args.verbose,

@@ -11,14 +11,14 @@ from helpers.models import build_model
 
 
 def differing_steps(
-    reps: int = 30, batch_size: int = 128, img_size: int = 64, model_name: str = "default", seed: int = 0
+    reps: int = 30, batch_size: int = 128, img_size: int = 64, model_name: str = "fast", seed: int = 0
 ) -> int:
     """How many of ``reps`` identical gradient steps differ from the first, in any bit (0: they repeat).
 
     The step is one ``tf.function`` (forward pass with ``training=True``, dropout off, and the gradients of
     every weight) of ``model_name`` on a fixed random batch, with op determinism on; the weights are not
     updated, so every repeat computes exactly the same thing. With TensorFlow's default inter-op threads some
-    steps of the default network at batch 128 differ in their last bits (``benchmarks/inter_op.py`` measures
+    steps of the fast network at batch 128 differ in their last bits (``benchmarks/inter_op.py`` measures
     it); one op at a time (:mod:`helpers.runtime`) makes them repeat.
     """
     tf.config.experimental.enable_op_determinism()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from helpers.models import (
     FUSIONS,
     MIN_IMG_SIZE,
     MODEL_NAMES,
+    PRETRAINED_MODELS,
     build_model,
     count_params,
     resolve_model_name,
@@ -38,11 +40,14 @@ from helpers.train.checkpoint import (
     restore,
     resume_point,
 )
+from helpers.train.distill import load_teacher
 from helpers.train.recipes import (
     Recipe,
     SmoothedSparseCrossentropy,
+    SoftTargetLoss,
     is_int,
     is_number,
+    label_accuracy,
     make_optimizer,
     resolve_recipe,
 )
@@ -56,6 +61,7 @@ from helpers.train.run import (
     recorded_parameters,
 )
 from helpers.train.selection import SELECTION_METRIC, BalancedSelection, EpochSummary, ValidationMetrics
+from helpers.train.transfer import Phase, phase_at, plan_phases, set_trainable
 from helpers.train.workers import is_chief, synchronize_batch_norm, writing_dir
 
 
@@ -206,6 +212,9 @@ def train(
     metadata: bool = False,
     fusion: str = "concat",
     split_seed: int | None = None,
+    teacher: str | Path | keras.Model | None = None,
+    model_options: dict | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
 ) -> TrainResult:
     """Train ``model_name`` on the train split, select on the validation split, and return the result.
@@ -233,6 +242,16 @@ def train(
     their encoded age, sex and body site (:mod:`helpers.clinical`), joined by ``fusion`` (``"concat"`` or
     ``"film"``); the manifest records the encoding. ``split_seed`` (None: ``seed``) seeds the split and the
     ``max_images`` subset instead: several training seeds on one split.
+
+    ``recipe=None`` is the model's own: "transfer" for a pretrained backbone (a warm-up of the new classifier
+    on the frozen backbone, then fine-tuning: :mod:`helpers.train.transfer`), "plain" otherwise.
+    ``teacher`` (a ``.keras`` path or a Keras model) distils it into this model: the teacher sees each
+    augmented (and mixed) batch the student sees, and the loss mixes the labels' cross-entropy with the
+    teacher's softened probabilities (``recipe.distill_alpha``, ``recipe.distill_temperature``); its path
+    and SHA-256 go in the manifest, and resuming with another teacher is refused
+    (:mod:`helpers.train.distill`). ``model_options`` go to the model's builder (e.g. ``{"widths": (32, 64,
+    128, 256)}`` or ``{"dropout": 0.2}``). ``callbacks`` (Keras callbacks) run after each epoch's
+    checkpoint is saved, e.g. a hyperparameter search's pruner that stops the run.
     """
     arguments = dict(locals())  # the first statement: exactly the call's arguments
     _check_params(
@@ -248,7 +267,10 @@ def train(
         min_lr,
         {"seed": seed, "split_seed": split_seed},
     )
-    recipe = resolve_recipe(recipe)
+    key = resolve_model_name(model_name)
+    recipe = resolve_recipe(recipe, key)
+    _check_recipe_fits(recipe, key, metadata, teacher)
+    model_options = _check_model_options(model_options)
     if run_dir is not None:
         run_dir = Path(run_dir).expanduser().resolve()
     if is_chief(strategy):  # only the chief of a multi-worker cluster writes the run folder
@@ -262,7 +284,7 @@ def train(
         data_dir, df, seed, max_images, verbose > 0, held_out_source=held_out_source, split_seed=split_seed
     )
     fingerprint = data_fingerprint(data)
-    key = resolve_model_name(model_name)
+    teacher_model, teacher_record = load_teacher(teacher) if teacher is not None else (None, None)
     optimiser = {
         "learning_rate": float(learning_rate),
         "lr_factor": float(lr_factor),
@@ -276,16 +298,18 @@ def train(
         )
     if metadata:  # only then, so image-only runs keep their names
         settings["metadata"] = {**METADATA_ENCODING, **({"fusion": fusion} if fusion != "concat" else {})}
+    if model_options:
+        settings["model_options"] = model_options
+    if teacher_record:
+        settings["teacher"] = teacher_record["weights_sha256"]
     if run_dir is None:
         run_dir = MODELS_DIR / default_run_name(key, img_size, seed, fingerprint, settings)
         if is_chief(strategy):
             ensure_writable(run_dir)
-    parameters = recorded_parameters(arguments, run_dir)
+    parameters = recorded_parameters(arguments, run_dir, recipe)
     train_df, val_df = data[data["split"] == "train"], data[data["split"] == "val"]
     steps = max(1, len(train_df) // batch_size)
-    model = _compiled_model(
-        model_name, img_size, learning_rate, strategy, recipe, steps * epochs, steps, metadata, fusion
-    )
+    model = _built_model(key, img_size, strategy, metadata, fusion, model_options)
     identity = {
         "model_name": key,
         "img_size": img_size,
@@ -297,12 +321,18 @@ def train(
     }
     with writing_dir(run_dir, strategy) as write_dir:  # a temporary folder on a worker that is not the chief
         snapshot, restored = resume_point(write_dir, identity, resume)
+        start_epoch = restored["epoch"] if restored else 0
+        weights = recipe.weights(class_weights(train_df["dx"]))
+        trainer = Trainer(model, recipe, plan_phases(recipe, epochs, learning_rate), weights, steps, strategy)
+        trainer.soft = recipe.mix is not None or teacher_model is not None
+        trainer.callbacks = list(callbacks)
+        trainer.enter(phase_at(trainer.phases, max(start_epoch - 1, 0)))  # the phase the snapshot saved
         if snapshot is not None:
             restore(model, snapshot, strategy)
 
-        weights = recipe.weights(class_weights(train_df["dx"]))
         manifest = restored["manifest"] if restored else new_manifest(parameters, data, identity, weights)
-        start_epoch = restored["epoch"] if restored else 0
+        if teacher_record and not restored:
+            manifest["teacher"] = teacher_record
         open_session(manifest, parameters, start_epoch, strategy)
         reduce_lr = None
         if recipe.schedule == "plateau":
@@ -326,19 +356,13 @@ def train(
                 "cache": cache,
                 "metadata": metadata,
             }
-            train_args = {"augment": recipe.augment, "class_sampling": recipe.class_sampling}
-            _fit(
-                model,
-                train_df,
-                val_df,
-                weights,
-                checkpoint,
-                start_epoch,
-                epochs,
-                data_args,
-                train_args,
-                verbose,
-            )
+            train_args = {
+                "augment": recipe.augment,
+                "class_sampling": recipe.class_sampling,
+                "mix": recipe.mix,
+                "teacher": teacher_model,
+            }
+            trainer.fit(train_df, val_df, checkpoint, start_epoch, epochs, data_args, train_args, verbose)
         if write_dir != run_dir:
             figures_dir = write_dir / "figures"
         result = _finish(model, write_dir, checkpoint, start_epoch, figures_dir)
@@ -349,86 +373,189 @@ def train(
     return result
 
 
-def _fit(
-    model: keras.Model,
-    train_df: pd.DataFrame,
-    val_df: pd.DataFrame,
-    weights: dict[int, float],
-    checkpoint: CrashSafeCheckpoint,
-    start_epoch: int,
-    epochs: int,
-    data_args: dict,
-    train_args: dict,
-    verbose: int,
-) -> None:
-    """Fit from ``start_epoch`` to ``epochs`` with the validation scorer first and the checkpoint last."""
-    # One stream for the whole fit: epoch k draws the k-th shuffle/augmentation. Under several replicas the
-    # strategy copies the dataset (per device, per worker), and a copy does not share the original's shuffle
-    # state: there each epoch is keyed by its number (make_dataset's first_epoch), so every copy, and a run
-    # resumed at start_epoch, reads the same batches as an uninterrupted run.
-    several = model.distribute_strategy.num_replicas_in_sync > 1
-    train_ds = make_dataset(
-        train_df,
-        training=True,
-        progress=verbose > 0,
-        first_epoch=start_epoch if several else None,
-        **data_args,
-        **train_args,
-    )
-    val_ds = make_dataset(val_df, training=False, progress=verbose > 0, **data_args)
-    if not several:
-        for _ in range(start_epoch):  # advance the shuffle/augmentation seeds to the resumed epoch
-            iter(train_ds)
-    callbacks = [ValidationMetrics(val_ds, val_df["dx"].map(CLASS_TO_INDEX).to_numpy())]
-    callbacks += [c for c in (checkpoint.selection, checkpoint.reduce_lr, checkpoint) if c is not None]
-    callbacks += [keras.callbacks.ProgbarLogger()]
-    callbacks += [EpochSummary(epochs, checkpoint.selection)] if verbose else []
-    model.fit(
-        train_ds if several else train_ds.repeat(),
-        steps_per_epoch=epoch_steps(len(train_df), data_args["batch_size"]),
-        epochs=epochs,
-        initial_epoch=start_epoch,
-        class_weight=weights,
-        shuffle=False,  # make_dataset shuffles (seeded) itself
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+def _check_recipe_fits(recipe: Recipe, model_key: str, metadata: bool, teacher: object) -> None:
+    """ValueError, before any work, when the recipe asks what this model or input cannot do."""
+    transfer = recipe.head_epochs > 0 or recipe.freeze_batchnorm or recipe.fine_tune_from is not None
+    if transfer and model_key not in PRETRAINED_MODELS:
+        raise ValueError(
+            f"The recipe warms up or freezes a pretrained backbone (head_epochs, freeze_batchnorm, "
+            f"fine_tune_from), but {model_key} is trained from scratch; use recipe='tuned' for it, or one of "
+            f"{', '.join(PRETRAINED_MODELS)}."
+        )
+    if metadata and (recipe.mix is not None or teacher is not None):
+        raise ValueError(
+            "Mixup/CutMix and distillation (teacher) work with image-only models (metadata=False)."
+        )
 
 
-def _compiled_model(
+def _check_model_options(options: object) -> dict:
+    """``model_options`` as a JSON-ready dict (tuples as lists), or a clear error."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ValueError(f"model_options must be a dict of builder arguments, got {options!r}.")
+    if {"img_size", "num_classes", "pretrained"} & set(options):
+        raise ValueError("model_options cannot set img_size, num_classes or pretrained (train() sets them).")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
+class Trainer:
+    """Compiles the model for each phase of the run (:mod:`helpers.train.transfer`) and fits it."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        recipe: Recipe,
+        phases: list[Phase],
+        weights: dict[int, float],
+        steps: int,
+        strategy: tf.distribute.Strategy | None,
+    ):
+        self.model, self.recipe, self.phases, self.weights = model, recipe, phases, weights
+        self.steps, self.strategy = steps, strategy
+        self.soft = False  # soft targets (Mixup/CutMix, a teacher): class weights go into the loss
+        self.callbacks: list[keras.callbacks.Callback] = []  # the caller's, after the checkpoint
+        self.phase: Phase | None = None
+
+    def enter(self, phase: Phase) -> None:
+        """Freeze the layers ``phase`` freezes and compile with a new, built optimizer for it."""
+        if phase == self.phase:
+            return
+        self.phase = phase
+        recipe, model = self.recipe, self.model
+        set_trainable(model, recipe, phase)
+        with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+            optimizer = make_optimizer(
+                phase.learning_rate, recipe, self.steps * phase.epochs, self.steps, phase.constant_rate
+            )
+            if self.soft:
+                weights = [self.weights[k] for k in range(NUM_CLASSES)]
+                loss = SoftTargetLoss(
+                    weights, recipe.label_smoothing, recipe.distill_alpha, recipe.distill_temperature
+                )
+                metrics = [keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")]
+            else:
+                loss, metrics = SmoothedSparseCrossentropy(recipe.label_smoothing), ["accuracy"]
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+            model.optimizer.build(model.trainable_variables)  # so its state can be loaded before fit
+            self._build_metrics()
+
+    def _build_metrics(self) -> None:
+        """Create the compiled metrics' variables now, on one dummy batch, and zero them again.
+
+        Keras creates them while tracing the first training step, and a traced function that creates
+        variables is traced a second time, which lengthens every training's first epoch for nothing.
+        """
+        if self.soft:
+            labels = np.full((1, 2 * NUM_CLASSES), 1 / NUM_CLASSES, dtype="float32")
+        else:
+            labels = np.zeros((1,), dtype="int32")
+        self.model.compute_metrics(None, labels, np.full((1, NUM_CLASSES), 1 / NUM_CLASSES, dtype="float32"))
+        self.model.reset_metrics()
+
+    def fit(
+        self,
+        train_df: pd.DataFrame,
+        val_df: pd.DataFrame,
+        checkpoint: CrashSafeCheckpoint,
+        start_epoch: int,
+        epochs: int,
+        data_args: dict,
+        train_args: dict,
+        verbose: int,
+    ) -> None:
+        """Fit from ``start_epoch`` to ``epochs``, phase by phase, with the validation scorer first and the
+        checkpoint last."""
+        val_ds = make_dataset(val_df, training=False, progress=verbose > 0, **data_args)
+        callbacks = [ValidationMetrics(val_ds, val_df["dx"].map(CLASS_TO_INDEX).to_numpy())]
+        callbacks += [c for c in (checkpoint.selection, checkpoint.reduce_lr, checkpoint) if c is not None]
+        callbacks += [*self.callbacks, keras.callbacks.ProgbarLogger()]
+        callbacks += [EpochSummary(epochs, checkpoint.selection)] if verbose else []
+        for phase in self.phases:
+            if phase.end <= start_epoch or checkpoint.selection.stopped_early:
+                continue
+            self.enter(phase)
+            first = max(phase.start, start_epoch)
+            if verbose and len(self.phases) > 1:
+                rate = f"learning rate {phase.learning_rate:.2e}"
+                print(f"Phase {phase.name}: epochs {first + 1}-{phase.end}, {rate}", flush=True)
+            train_ds = self._train_dataset(train_df, first, data_args, train_args, verbose)
+            self.model.fit(
+                train_ds,
+                steps_per_epoch=epoch_steps(len(train_df), data_args["batch_size"]),
+                epochs=phase.end,
+                initial_epoch=first,
+                class_weight=None if self.soft else self.weights,
+                shuffle=False,  # make_dataset shuffles (seeded) itself
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+
+    def _train_dataset(
+        self, train_df: pd.DataFrame, first: int, data_args: dict, train_args: dict, verbose: int
+    ) -> tf.data.Dataset:
+        """The training stream from epoch ``first`` on.
+
+        One stream for a one-phase fit: epoch k draws the k-th shuffle/augmentation. Under several replicas
+        the strategy copies the dataset (per device, per worker), and a copy does not share the original's
+        shuffle state; a recipe of several phases builds a new stream per phase. There each epoch is keyed
+        by its number (make_dataset's first_epoch), so every copy, every phase and a run resumed at ``first``
+        read the same batches as an uninterrupted run.
+        """
+        keyed = self.model.distribute_strategy.num_replicas_in_sync > 1 or self.recipe.head_epochs > 0
+        ds = make_dataset(
+            train_df,
+            training=True,
+            progress=verbose > 0,
+            first_epoch=first if keyed else None,
+            **data_args,
+            **train_args,
+        )
+        if keyed:
+            return ds
+        for _ in range(first):  # advance the shuffle/augmentation seeds to the resumed epoch
+            iter(ds)
+        return ds.repeat()
+
+
+def compiled_model(
     model_name: str,
     img_size: int,
     learning_rate: float,
-    strategy: tf.distribute.Strategy | None,
-    recipe: Recipe,
-    total_steps: int,
+    recipe: Recipe | str,
+    epochs: int,
     steps_per_epoch: int,
-    metadata: bool = False,
-    fusion: str = "concat",
 ) -> keras.Model:
-    """Build and compile the model (in ``strategy``'s scope) with a built optimizer, ready to be restored."""
-    with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_model(model_name, img_size, NUM_CLASSES, metadata=metadata, fusion=fusion)
-        synchronize_batch_norm(model, strategy)  # the same moving statistics on every worker
-        model.compile(
-            optimizer=make_optimizer(learning_rate, recipe, total_steps, steps_per_epoch),
-            loss=SmoothedSparseCrossentropy(recipe.label_smoothing),
-            metrics=["accuracy"],
-        )
-        model.optimizer.build(model.trainable_variables)  # so its state can be loaded before fit
-        _build_metrics(model)
+    """The model compiled as :func:`train` compiles it for its first epoch, its optimizer built: e.g. to
+    load a backup's ``state.weights.h5`` into."""
+    recipe = resolve_recipe(recipe)
+    model = _built_model(resolve_model_name(model_name), img_size, None, False, "concat", {})
+    weights = dict.fromkeys(range(NUM_CLASSES), 1.0)
+    trainer = Trainer(
+        model, recipe, plan_phases(recipe, epochs, learning_rate), weights, steps_per_epoch, None
+    )
+    trainer.enter(trainer.phases[0])
     return model
 
 
-def _build_metrics(model: keras.Model) -> None:
-    """Create the compiled metrics' variables now, on one dummy batch, and zero them again.
-
-    Keras creates them while tracing the first training step, and a traced function that creates variables
-    is traced a second time, which lengthens every training's first epoch for nothing.
-    """
-    labels = np.zeros((1,), dtype="int32")
-    model.compute_metrics(None, labels, np.full((1, NUM_CLASSES), 1 / NUM_CLASSES, dtype="float32"))
-    model.reset_metrics()
+def _built_model(
+    model_key: str,
+    img_size: int,
+    strategy: tf.distribute.Strategy | None,
+    metadata: bool,
+    fusion: str,
+    model_options: dict,
+) -> keras.Model:
+    """Build the model (in ``strategy``'s scope), its BatchNorm synchronized across workers."""
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        try:
+            model = build_model(
+                model_key, img_size, NUM_CLASSES, metadata=metadata, fusion=fusion, **model_options
+            )
+        except TypeError as err:
+            raise ValueError(f"model_options {model_options} do not fit {model_key}: {err}.") from None
+        synchronize_batch_norm(model, strategy)  # the same moving statistics on every worker
+    return model
 
 
 def _nothing_to_do(restored: dict | None, start_epoch: int, epochs: int, patience: int, verbose: int) -> bool:

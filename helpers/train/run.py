@@ -22,7 +22,7 @@ from helpers.classes import CLASS_NAMES
 from helpers.files import free_bytes, megabytes
 from helpers.models import resolve_model_name
 from helpers.paths import PROJECT_ROOT
-from helpers.train.recipes import resolve_recipe
+from helpers.train.recipes import Recipe
 from helpers.train.selection import SELECTION_METRIC
 
 MIN_FREE_BYTES = 64 * 2**20
@@ -134,14 +134,17 @@ def new_manifest(parameters: dict, df: pd.DataFrame, identity: dict, weights: di
     }
 
 
-def recorded_parameters(arguments: dict, run_dir: Path) -> dict:
+def recorded_parameters(arguments: dict, run_dir: Path, recipe: Recipe) -> dict:
     """The call's arguments as JSON values for the manifest (a DataFrame or strategy by description)."""
     recorded = {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items()}
     recorded.update(
         run_dir=str(run_dir),
         df=None if arguments["df"] is None else f"DataFrame with {len(arguments['df'])} rows",
         strategy=type(arguments["strategy"]).__name__ if arguments["strategy"] else None,
-        recipe=resolve_recipe(arguments["recipe"]).settings(),
+        recipe=recipe.settings(),
+        teacher=arguments["teacher"]
+        if not isinstance(arguments["teacher"], keras.Model)
+        else "a Keras model",
     )
     return recorded
 

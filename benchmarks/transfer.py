@@ -1,0 +1,308 @@
+"""Pretrained transfer benchmark (issue #31; the Mixup/CutMix part of #32): EfficientNet-Lite0 with ImageNet
+weights fine-tuned on all 10,015 HAM10000 images at 128 px, Mixup and CutMix on it, a clinic it never saw,
+and distillation into the small ``dermsep_net``.
+
+Data and split as ``benchmarks/ham10000.py``: ``../shared/data/ham10000_200x150``, lesion-aware 70/15/15
+(seed 42), training seed 0; every choice on val, the test split scored once at the end for the rows kept
+(bootstrap 95% CIs). The held-out clinic: trained without ``rosendahl``, scored on its 2,259 images.
+
+Runs (each resumable under ``models/transfer/runs/<name>``; a finished one is reused):
+
+- ``lite0``: the "transfer" recipe (1 epoch of the new classifier on the frozen backbone at 1e-3, then every
+  layer at 3e-4 with warm-up and cosine decay, BatchNorm frozen, balanced class weights), ``--epochs``;
+- ``lite0-mixup`` / ``lite0-cutmix``: the same with Mixup (alpha 0.2) / CutMix (alpha 1.0); kept if val says;
+- ``lite0-held`` (and the kept lever's): the same without ``rosendahl``;
+- ``dermsep-tuned``: the small network's tuned recipe (as ``ham10000.py``'s row), the students' baseline;
+- ``student-*``: ``dermsep_net`` distilled from the kept ``lite0`` network (online: the teacher sees each
+  augmented and mixed batch), alpha 0.5, T 2, plus the levers in :data:`STUDENTS`.
+
+The kept transfer network is finished as ``ham10000.py``'s (re-trained classifier, 8-view TTA, prior shift,
+chosen on val) and saved as ``models/transfer/best.keras`` with its TFLite exports.
+
+    .venv/bin/python benchmarks/transfer.py                  # every stage (~3.5 h on 2 cores)
+    .venv/bin/python benchmarks/transfer.py --stages lite0   # one stage; the JSON keeps the others'
+    .venv/bin/python benchmarks/transfer.py --smoke          # minutes: 2 epochs, 600 images (a check)
+
+Pairs of trainings run side by side (one thread each, as ``ham10000.py``). Prints a table and writes
+``benchmarks/results/transfer.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ham10000 import (  # noqa: E402  (benchmarks/ham10000.py)
+    DEFAULT_DATA,
+    HELD_OUT,
+    TUNED,
+    finishing_rows,
+    held_out_scores,
+    predict,
+    scores,
+    splits,
+    splits_of,
+)
+from throughput import machine_info  # noqa: E402
+
+from helpers.evaluate import explanation_report  # noqa: E402
+from helpers.export import export_report, representative_sample  # noqa: E402
+from helpers.files import write_json  # noqa: E402
+from helpers.modelio import load_keras_model, save_keras_model  # noqa: E402
+from helpers.models import count_macs, count_params  # noqa: E402
+from helpers.paths import MODELS_DIR  # noqa: E402
+from helpers.train import RECIPES, train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "transfer.json"
+OUT_DIR = MODELS_DIR / "transfer"
+TRANSFER = RECIPES["transfer"]
+LEVERS = {"mixup": {"mixup_alpha": 0.2}, "cutmix": {"cutmix_alpha": 1.0}}
+"""Mixup / CutMix settings tried on the transfer recipe (alphas common for fine-tuning)."""
+DISTILL = {"distill_alpha": 0.5, "distill_temperature": 2.0}
+STUDENTS = {
+    "student": ({}, {}, 1),
+    "student-mixup-long": ({"mixup_alpha": 0.2}, {}, 2),  # "patient and consistent": mixed images, 2x epochs
+    "student-wide": ({}, {"widths": [32, 64, 128, 256]}, 1),  # 241k parameters (the budget: 250k)
+}
+"""Distilled students: (recipe changes on top of tuned + :data:`DISTILL`, model options, epoch factor)."""
+STAGES = ("lite0", "levers", "held-out", "students", "finish")
+SIDE_BY_SIDE_ENV = {"TF_NUM_INTRAOP_THREADS": "1"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the transfer runs")
+    parser.add_argument("--student-epochs", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, default=42)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--report-images", type=int, default=600, help="test images for the Grad-CAM report")
+    parser.add_argument("--smoke", action="store_true", help="2 epochs on 600 images: checks the script runs")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # one training, in a child process
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.epochs = args.student_epochs = 2
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def run_settings(args, name: str, result: dict) -> tuple[str, dict]:
+    """(split, train() keyword arguments) of the run ``name``."""
+    lever = name.split("-")[1] if name.startswith("lite0-") and name.split("-")[1] in LEVERS else None
+    if name.startswith("lite0"):
+        recipe = dataclasses.replace(TRANSFER, **LEVERS.get(lever, {}))
+        settings = dict(
+            model_name="efficientnet_lite0", recipe=recipe, epochs=args.epochs, learning_rate=1e-3
+        )
+        return ("held" if name.endswith("-held") else "lesion"), {**settings, "batch_size": 32}
+    tuned = dict(model_name="dermsep_net", learning_rate=2e-3, batch_size=64, epochs=args.student_epochs)
+    if name == "dermsep-tuned":
+        return "lesion", {**tuned, "recipe": TUNED}
+    changes, options, factor = STUDENTS[name]
+    recipe = dataclasses.replace(TUNED, **DISTILL, **changes)
+    teacher = args.out_dir / "runs" / result["kept"]["lite0"] / "best.keras"
+    extra = {"model_options": options} if options else {}
+    return "lesion", {
+        **tuned,
+        "epochs": args.student_epochs * factor,
+        "recipe": recipe,
+        "teacher": teacher,
+        **extra,
+    }
+
+
+def fit(args, name: str, result: dict) -> dict:
+    """Train (or reuse) run ``name``; its val scores, minutes and seconds per epoch."""
+    split, settings = run_settings(args, name, result)
+    lesion, held = splits(args)
+    run = train(
+        df=lesion if split == "lesion" else held,
+        img_size=args.img_size,
+        seed=args.seed,
+        run_dir=args.out_dir / "runs" / name,
+        patience=settings["epochs"],  # the whole budget; the best epoch is still selected on val
+        verbose=0,
+        **settings,
+    )
+    seconds = run.history["seconds"]
+    print(f"  {name}: {seconds.sum() / 60:.1f} min, best epoch {run.best_epoch}", flush=True)
+    return {
+        "val_balanced_accuracy": run.best_value,
+        "best_epoch": run.best_epoch,
+        "epochs": len(run.history),
+        "train_min": float(seconds.sum() / 60),
+        "epoch_s_median": float(seconds.median()),
+        "params": count_params(run.model),
+    }
+
+
+def side_by_side(args, names: list[str]) -> None:
+    """Train ``names`` at once, each in a child process with one thread for its ops (logs in ``logs/``)."""
+    logs = args.out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **SIDE_BY_SIDE_ENV}
+    running = {}
+    for name in names:
+        with (logs / f"{name}.log").open("w") as log:
+            command = [sys.executable, __file__, *args.argv, "--job", name]
+            running[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    failed = [name for name, process in running.items() if process.wait() != 0]
+    if failed:
+        tails = "\n".join(
+            f"--- {logs / f'{n}.log'}:\n{(logs / f'{n}.log').read_text()[-2000:]}" for n in failed
+        )
+        raise SystemExit(f"The side-by-side training(s) {', '.join(failed)} failed:\n{tails}")
+
+
+def trained(args, names: list[str], result: dict) -> None:
+    """Train ``names`` (two at a time) and record each run's figures in ``result["runs"]``."""
+    todo = [n for n in names if not (args.out_dir / "runs" / n / "manifest.json").is_file()]
+    for i in range(0, len(todo), 2):
+        pair = todo[i : i + 2]
+        if len(pair) == 2:
+            side_by_side(args, pair)
+    for name in names:
+        result["runs"][name] = fit(args, name, result)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def stage_levers(args, result: dict) -> None:
+    """Mixup and CutMix on the transfer recipe; the kept run is the best on val."""
+    trained(args, [f"lite0-{lever}" for lever in LEVERS], result)
+    candidates = ["lite0", *(f"lite0-{lever}" for lever in LEVERS)]
+    best = max(candidates, key=lambda n: result["runs"][n]["val_balanced_accuracy"])
+    result["kept"]["lite0"] = best
+
+
+def stage_held_out(args, result: dict) -> None:
+    """The kept recipe (and the plain transfer recipe, if a lever was kept) without the held-out clinic."""
+    kept = result["kept"]["lite0"]
+    names = sorted({"lite0-held", f"{kept}-held"})
+    trained(args, names, result)
+    _, held = splits(args)
+    data = splits_of(held, args.img_size)
+    for name in names:
+        network = load_keras_model(args.out_dir / "runs" / name / "best.keras")
+        out = {"network": held_out_scores(data["test"], predict(network, data["test"]))}
+        if name == f"{kept}-held":
+            rows, final, choices = finishing_rows(network, data, 0.0)
+            out["predictor"] = held_out_scores(data["test"], predict(final, data["test"]))
+            out["predictor_val"], out["choices"] = rows[-1]["val"], choices
+        result["held_out"][name] = out
+
+
+def stage_students(args, result: dict) -> None:
+    """The small network's tuned baseline and the distilled students; the kept one is the best on val."""
+    trained(args, ["dermsep-tuned", *STUDENTS], result)
+    best = max(["dermsep-tuned", *STUDENTS], key=lambda n: result["runs"][n]["val_balanced_accuracy"])
+    result["kept"]["student"] = best
+
+
+def stage_finish(args, result: dict) -> None:
+    """Finish the kept transfer network, score test once (CIs) with the students, export, Grad-CAM."""
+    lesion, _ = splits(args)
+    data = splits_of(lesion, args.img_size)
+    kept = result["kept"]["lite0"]
+    network = load_keras_model(args.out_dir / "runs" / kept / "best.keras")
+    rows, final, choices = finishing_rows(network, data, 60 * result["runs"][kept]["train_min"])
+    save_keras_model(final, args.out_dir / "best.keras")
+    test = data["test"]
+    result["finishing"] = {"rows": rows, "choices": choices}
+    result["test"] = {
+        f"{kept} network": scores(test.labels, predict(network, test), 1000),
+        f"{kept} predictor": scores(test.labels, predict(final, test), 1000),
+    }
+    for name in ("dermsep-tuned", result["kept"].get("student")):
+        if name and (args.out_dir / "runs" / name / "best.keras").is_file():
+            student = load_keras_model(args.out_dir / "runs" / name / "best.keras")
+            result["test"][name] = scores(test.labels, predict(student, test), 1000)
+    result["cost"] = {"params": count_params(network), "macs": count_macs(network)}
+    sample = representative_sample(lesion, args.img_size, seed=args.seed)
+    val = data["val"]
+    export = export_report(args.out_dir / "best.keras", val.images, val.labels, args.out_dir, sample)
+    result["export"] = export.to_dict("records")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = explanation_report(final, lesion, max_images=args.report_images, verbose=False)
+    result["gradcam"] = report.reset_index().to_dict("records")
+
+
+def run(args, result: dict) -> dict:
+    result.setdefault("runs", {})
+    result.setdefault("kept", {"lite0": "lite0"})
+    result.setdefault("held_out", {})
+    for stage in args.stages:
+        start = time.perf_counter()
+        print(f"Stage {stage} ...", flush=True)
+        if stage == "lite0":
+            trained(args, ["lite0"], result)
+        else:
+            {"levers": stage_levers, "held-out": stage_held_out, "students": stage_students}.get(
+                stage, stage_finish
+            )(args, result)
+        result.setdefault("stage_min", {})[stage] = (time.perf_counter() - start) / 60
+        write_json(result, args.results)  # after every stage: a later failure keeps what was measured
+    return result
+
+
+def print_table(result: dict) -> None:
+    print(
+        f"\n{'run':<22} {'val bal. acc.':>13} {'best ep.':>8} {'train min':>9} {'s/epoch':>8} {'params':>10}"
+    )
+    for name, r in result["runs"].items():
+        print(
+            f"{name:<22} {r['val_balanced_accuracy']:>13.3f} {r['best_epoch']:>5}/{r['epochs']:<2} "
+            f"{r['train_min']:>9.1f} {r['epoch_s_median']:>8.0f} {r['params']:>10,}"
+        )
+    for name, out in result.get("held_out", {}).items():
+        for kind in ("network", "predictor"):
+            if kind in out:
+                s = out[kind]
+                print(
+                    f"held-out {HELD_OUT} {name} {kind}: bal. acc. (6) {s['balanced_accuracy_6']:.3f}, "
+                    f"AUC {s['macro_auc']:.3f}"
+                )
+    for name, s in result.get("test", {}).items():
+        print(
+            f"test {name}: acc {s['accuracy']:.3f}, bal. acc. {s['balanced_accuracy']:.3f}, macro-F1 "
+            f"{s['macro_f1']:.3f}, AUC {s['macro_auc']:.3f}, mel sens. {s['mel_sensitivity']:.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not (args.data_dir / "HAM10000_metadata.csv").is_file():
+        print(
+            f"error: HAM10000 folder {args.data_dir} not found (HAM10000_metadata.csv); pass --data-dir.",
+            file=sys.stderr,
+        )
+        return 2
+    previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    if args.job:
+        fit(args, args.job, previous or {"kept": {"lite0": "lite0"}})
+        return 0
+    start = time.perf_counter()
+    result = run(args, {**previous, "args": {k: str(v) for k, v in vars(args).items() if k != "argv"}})
+    result.update(machine=machine_info(), benchmark_min=(time.perf_counter() - start) / 60)
+    write_json(result, args.results)
+    print_table(result)
+    print(f"\nWrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
