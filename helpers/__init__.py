@@ -16,9 +16,11 @@ circle; ``tests/test_package.py`` checks both):
                                                    MBConv and separable-unit formulas; load/save, predict
     4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
     5 figures     plots                            every figure (drawn from numbers, returns a Figure)
-    6 training    train (recipes, selection, run,  fit, select, checkpoint and resume
-                  checkpoint, loop, cli)
-    7 finishing   classifier, export, explain      re-trained classifier/TTA/prior shift, TFLite, Grad-CAM
+    6 training    train (recipes, selection, run,  fit, select, checkpoint and resume (transfer phases,
+                  checkpoint, transfer, distill,   distillation)
+                  loop, cli)
+    7 finishing   classifier, export, explain,     re-trained classifier/TTA/prior shift, TFLite, Grad-CAM,
+                  active                           active learning
     8 use         evaluate, predict                evaluating a saved model; classifying one image
 
 Notebooks and ``benchmarks/`` sit above every layer.
@@ -57,6 +59,7 @@ LAYERS: dict[str, int] = {
     "classifier": 7,
     "export": 7,
     "explain": 7,
+    "active": 7,
     "evaluate": 8,
     "predict": 8,
 }
