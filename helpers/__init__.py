@@ -20,7 +20,7 @@ circle; ``tests/test_package.py`` checks both):
                   checkpoint, transfer, distill,   distillation)
                   loop, cli)
     7 finishing   classifier, export, explain,     re-trained classifier/TTA/prior shift, TFLite, Grad-CAM,
-                  active                           active learning
+                  prune, active                    structured pruning, active learning
     8 use         evaluate, predict                evaluating a saved model; classifying one image
 
 Notebooks and ``benchmarks/`` sit above every layer.
@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "classifier": 7,
     "export": 7,
     "explain": 7,
+    "prune": 7,
     "active": 7,
     "evaluate": 8,
     "predict": 8,

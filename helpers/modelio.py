@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from helpers.classes import CLASS_NAMES, NUM_CLASSES
 from helpers.files import atomic_folder
-from helpers.models import IMAGE_INPUT, METADATA_INPUT, image_shape, uses_metadata
+from helpers.models import IMAGE_INPUT, METADATA_INPUT, DihedralViews, image_shape, uses_metadata
 from helpers.paths import MODELS_DIR, resolve_input
 
 
@@ -142,8 +142,9 @@ def keras_predict(
     model: keras.Model, images, batch_size: int = 64, metadata: np.ndarray | None = None
 ) -> np.ndarray:
     """Probabilities from eager inference-mode calls (no tracing: quicker than ``predict`` on few images).
-    ``images`` and ``metadata``: see :func:`model_inputs`."""
+    ``images`` and ``metadata``: see :func:`model_inputs`; ``batch_size`` as :func:`per_view_batch`."""
     inputs = model_inputs(model, images, metadata)
+    batch_size = per_view_batch(model, batch_size)
     n = len(inputs[IMAGE_INPUT] if isinstance(inputs, dict) else inputs)
     batches = [
         model(_rows(inputs, slice(i, i + batch_size)), training=False) for i in range(0, n, batch_size)
@@ -155,13 +156,22 @@ def predict_images(
     model: keras.Model, images, batch_size: int = 256, metadata: np.ndarray | None = None
 ) -> np.ndarray:
     """``model``'s predictions for an in-memory batch of images (and their encoded metadata, for a metadata
-    model), fed as a plain batched ``tf.data`` pipeline.
+    model), fed as a plain batched ``tf.data`` pipeline. A test-time-augmentation predictor runs every view
+    of a batch at once, so it gets ``batch_size`` divided by its views (memory stays that of one batch).
 
     Same values as ``model.predict(images)``, but Keras's own array adapter adds a parallel map that, once
     TensorFlow op determinism is on (:func:`helpers.train.train` turns it on), TensorFlow rewrites while
     logging a "NodeDef mentions attribute use_unbounded_threadpool" error on every new model."""
-    dataset = tf.data.Dataset.from_tensor_slices(model_inputs(model, images, metadata)).batch(batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices(model_inputs(model, images, metadata))
+    dataset = dataset.batch(per_view_batch(model, batch_size))
     return model.predict(dataset, verbose=0)
+
+
+def per_view_batch(model: keras.Model, batch_size: int) -> int:
+    """``batch_size`` divided by the test-time-augmentation views of a predictor (it runs every view of a
+    batch at once), so that its memory stays that of one batch of images."""
+    views = max([layer.views for layer in model.layers if isinstance(layer, DihedralViews)], default=1)
+    return max(1, batch_size // views)
 
 
 def _rows(inputs, rows: slice):
