@@ -17,8 +17,8 @@ circle; ``tests/test_package.py`` checks both):
     4 metrics     metrics                          pure numpy/scikit-learn scores, bootstrap, calibration
     5 figures     plots                            every figure (drawn from numbers, returns a Figure)
     6 training    train (recipes, selection, run,  fit, select, checkpoint and resume (transfer phases,
-                  checkpoint, transfer, distill,   distillation)
-                  loop, cli)
+                  checkpoint, transfer, distill,   distillation); hyperparameter search with Optuna
+                  loop, cli), search
     7 finishing   classifier, export, explain,     re-trained classifier/TTA/prior shift, TFLite, Grad-CAM,
                   prune, active                    structured pruning, active learning
     8 use         evaluate, predict                evaluating a saved model; classifying one image
@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "metrics": 4,
     "plots": 5,
     "train": 6,
+    "search": 6,
     "classifier": 7,
     "export": 7,
     "explain": 7,

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 OUT = ROOT / "build" / "ci-notebooks"
 RUN_DIR = ROOT / "build" / "ci-run"
+SEARCH_DIR = ROOT / "build" / "ci-search"
 
 PARAMETERS: dict[str, dict[str, object]] = {
     "01_explore_metadata": {"out_dir": str(ROOT / "build" / "ci-visualizations" / "01")},
@@ -37,6 +38,13 @@ PARAMETERS: dict[str, dict[str, object]] = {
         "model_path": str(RUN_DIR / "best.keras"),
         "max_images": 240,
         "compare_model_path": str(RUN_DIR / "best.keras"),  # exercises the comparison; any model would do
+    },
+    "06_search_hyperparameters": {
+        "img_size": 28,
+        "epochs": 1,
+        "n_trials": 2,
+        "max_images": 60,
+        "out_dir": str(SEARCH_DIR),
     },
 }
 # Text each executed notebook must show (checked on the outputs, so a silently empty notebook fails).
@@ -60,6 +68,11 @@ EXPECTED_TEXT: dict[str, list[str]] = {
         "mean balanced accuracy under the shifts",
         "baseline_pointing_game",
     ],
+    "06_search_hyperparameters": [
+        "2 trials (2 complete); this call ran 2",
+        "best_recipe.json",
+        "epochs completed",
+    ],
 }
 
 
@@ -82,6 +95,8 @@ def test_notebook_runs_headless(name: str):
     assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code")
     if name.startswith("04"):
         shutil.rmtree(RUN_DIR, ignore_errors=True)  # a fresh run: an old one may be from another architecture
+    if name.startswith("06"):
+        shutil.rmtree(SEARCH_DIR, ignore_errors=True)  # a fresh study: every trial runs
     OUT.mkdir(parents=True, exist_ok=True)
     output = OUT / notebook.name
     papermill.execute_notebook(
