@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=7, help="bisection steps of the uniform keep")
     parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--recipe",
+        default="tuned",
+        help="fine-tuning recipe: tuned (dermsep_net), transfer (lite0: BatchNorm frozen)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed")
     parser.add_argument(
@@ -144,7 +149,11 @@ def prune_one(args, label: str, model, df: pd.DataFrame, data: dict, size_only: 
             labels, predict_images(models["after"], images)
         )
         models["control"] = prune(model, 1.0)  # an exact copy
-        entry["fine_tune"] = {"epochs": args.epochs, "learning_rate": args.learning_rate, "recipe": "tuned"}
+        entry["fine_tune"] = {
+            "epochs": args.epochs,
+            "learning_rate": args.learning_rate,
+            "recipe": args.recipe,
+        }
         entry["fine_tune"] |= {"distilled_from_unpruned": args.distill}
         for part in ("after", "control"):
             tuned = fine_tune(
@@ -152,6 +161,7 @@ def prune_one(args, label: str, model, df: pd.DataFrame, data: dict, size_only: 
                 df,
                 epochs=args.epochs,
                 learning_rate=args.learning_rate,
+                recipe=args.recipe,
                 batch_size=args.batch_size,
                 seed=args.seed,
                 save_path=out / f"{part}.keras",

@@ -60,6 +60,7 @@ from helpers.train.recipes import (
     resolve_recipe,
 )
 from helpers.train.selection import BalancedSelection, ValidationMetrics
+from helpers.train.transfer import Phase, set_trainable
 
 SUPPORTED = "dermsep_net and efficientnet_lite0 networks (or a helpers.models.predictor wrapper of them)"
 
@@ -419,13 +420,15 @@ def fine_tune(
     the unpruned model; left untouched) is distilled into the network as :func:`helpers.train.train` does:
     it sees each augmented batch, and the loss mixes the labels' cross-entropy with its softened
     probabilities (``recipe.distill_alpha``, ``recipe.distill_temperature``). The recipe's Mixup/CutMix
-    applies too; its transfer phases (a frozen backbone) do not."""
+    applies too, and a transfer recipe's frozen BatchNorm (``freeze_batchnorm``, ``fine_tune_from``); its
+    warm-up of a new classifier does not (a pruned network's classifier is trained already)."""
     start = time.perf_counter()
     network = _network(model)
     parts = _splits(df)
     recipe = resolve_recipe(recipe)
     keras.utils.set_random_seed(seed)
     work = _copy(network)  # compiled and trained in place of the network, which stays unsaved
+    set_trainable(work, recipe, Phase("all", 0, epochs, learning_rate))  # "transfer": BatchNorm frozen
     teacher_network = None if teacher is None else load_teacher(_copy(_network(_load(teacher))))[0]
     weights = recipe.weights(class_weights(parts["train"]["dx"]))
     soft = recipe.mix is not None or teacher is not None  # soft targets: the class weights go in the loss
