@@ -145,16 +145,29 @@ def check_multi_worker(argv: list[str], tmp_path: Path) -> None:
     assert done.value.code == 0
 
 
+def check_search_cli(argv: list[str], tmp_path: Path) -> None:
+    """Searches run as written, killed and resumed, by tests/test_search.py; here: the options it shows parse."""
+    from helpers.search import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*argv[3:], "--help"])
+    assert done.value.code == 0
+
+
 RULES = [
     (r"^python3 tasks\.py (main|test)\b", check_tasks),
     (r"^\.venv/bin/papermill notebooks/", check_papermill),
     (r"^\.venv/bin/jupyter lab\b", check_jupyter),
     (r"^\.venv/bin/python -m helpers\.download\b", check_download),
     (r"^\.venv/bin/python -m helpers\.train\b", check_train_cli),
+    (r"^\.venv/bin/python -m helpers\.search\b", check_search_cli),
     (r"^TF_CONFIG='.*' \.venv/bin/python -m helpers\.train --multi-worker\b", check_multi_worker),
     (r"^\.venv/bin/python benchmarks/figures\.py\b", check_figures),
     (r"^\.venv/bin/python benchmarks/throughput\.py\b", check_throughput),
-    (r"^\.venv/bin/python benchmarks/(dermamnist|ham10000)\.py\b", check_accuracy_benchmark),
+    (
+        r"^\.venv/bin/python benchmarks/(dermamnist|ham10000|transfer|prune|active|search)\.py\b",
+        check_accuracy_benchmark,
+    ),
     (r"^(kaggle|conda) ", None),  # other tools' commands: not installed here
 ]
 
