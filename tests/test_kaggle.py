@@ -34,6 +34,7 @@ PARAMETERS: dict[str, dict[str, object]] = {
         "max_images": 60,
         "extra_epoch": False,
         "verbose": 2,
+        "model_name": "fast",  # the session's mechanics, not the model: notebook tests train the default
     },
     "05_evaluate": {"max_images": 20, "n_gradcam": 1},
 }

@@ -27,9 +27,9 @@ PARAMETERS: dict[str, dict[str, object]] = {
         "out_dir": str(ROOT / "build" / "ci-visualizations" / "03"),
     },
     "04_train_and_resume": {
-        "img_size": 48,
+        "img_size": 32,
         "epochs": 2,
-        "max_images": 240,
+        "max_images": 160,
         "run_dir": str(RUN_DIR),
         "finalize": True,
         "student_epochs": 1,
@@ -94,7 +94,8 @@ def test_notebook_runs_headless(name: str):
     assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in cells) == 1
     assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code")
     if name.startswith("04"):
-        shutil.rmtree(RUN_DIR, ignore_errors=True)  # a fresh run: an old one may be from another architecture
+        for run in (RUN_DIR, RUN_DIR.with_name(f"{RUN_DIR.name}-student")):  # fresh: an old one may differ
+            shutil.rmtree(run, ignore_errors=True)
     if name.startswith("06"):
         shutil.rmtree(SEARCH_DIR, ignore_errors=True)  # a fresh study: every trial runs
     OUT.mkdir(parents=True, exist_ok=True)

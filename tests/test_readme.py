@@ -146,7 +146,7 @@ def check_multi_worker(argv: list[str], tmp_path: Path) -> None:
 
 
 def check_search_cli(argv: list[str], tmp_path: Path) -> None:
-    """Searches run as written, killed and resumed, by tests/test_search.py; here: the options it shows parse."""
+    """Searches run, killed and resumed, in tests/test_search.py; here: the options it shows parse."""
     from helpers.search import main
 
     with pytest.raises(SystemExit) as done:
