@@ -9,7 +9,8 @@ size, int8 TFLite single-image latency (median of ``--latency-runs`` invokes, be
 the end, on test. Data: ``../shared/data/ham10000_200x150``, lesion-aware split with ``--split-seed`` 42.
 
 Models: ``--model PATH`` (a trained ``.keras``, repeatable; default: ``models/prune_base_dermsep/best.keras``,
-plus ``models/ham10000_transfer/best.keras`` when it exists) and ``--imagenet-lite0``, an ImageNet-initialised
+plus ``models/transfer/runs/lite0/best.keras``, ``transfer.py``'s network, when it exists; fine-tune it with
+``--recipe transfer --learning-rate 3e-4 --batch-size 32``) and ``--imagenet-lite0``, an ImageNet-initialised
 efficientnet_lite0 with an untrained classifier, pruned without fine-tuning and without accuracy figures (it
 checks the code path and measures sizes; ``--size-only`` does the same for any model).
 
@@ -49,7 +50,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "prune.json"
 OUT_DIR = MODELS_DIR / "prune"
 DEFAULT_MODELS = (
     MODELS_DIR / "prune_base_dermsep" / "best.keras",
-    MODELS_DIR / "ham10000_transfer" / "best.keras",
+    MODELS_DIR / "transfer" / "runs" / "lite0" / "best.keras",  # benchmarks/transfer.py's fine-tuned network
 )
 ACCURACY_TOLERANCE = 0.01
 LATENCY_ROUNDS = 3
