@@ -234,18 +234,12 @@ def stage_finish(args, result: dict) -> None:
     data = splits_of(lesion, args.img_size)
     kept, small = result["kept"]["lite0"], result["kept"].get("student", "dermsep-tuned")
     network = load_keras_model(args.out_dir / "runs" / kept / "best.keras")
-    rows, final, choices = finishing_rows(network, data, 60 * result["runs"][kept]["train_min"])
-    on_val = {
-        "network": result["runs"][kept]["val_balanced_accuracy"],
-        "predictor": rows[-1]["val"]["balanced_accuracy"],
-    }
-    result["default"] = {"val_balanced_accuracy": on_val, "kept": max(on_val, key=on_val.get)}
     args.model_dir.mkdir(parents=True, exist_ok=True)
-    save_keras_model(
-        final if result["default"]["kept"] == "predictor" else network, args.model_dir / "best.keras"
+    final, rows, result["default"] = network_or_predictor(
+        network, data, result["runs"][kept], args.model_dir / "best.keras"
     )
     test = data["test"]
-    result["finishing"] = {"rows": rows, "choices": choices}
+    result["finishing"] = {"rows": rows, "choices": result["default"].pop("choices")}
     result["test"] = {
         f"{kept} network": scores(test.labels, predict(network, test), 1000),
         f"{kept} predictor": scores(test.labels, predict(final, test), 1000),
@@ -269,21 +263,25 @@ def stage_finish(args, result: dict) -> None:
         result["gradcam"][file] = cam.reset_index().to_dict("records")
 
 
+def network_or_predictor(network, data: dict, run: dict, path: Path) -> tuple[object, list[dict], dict]:
+    """Finish ``network`` (``finishing_rows``) and save it, or the network itself, whichever scores better
+    on val, as ``path``; returns the finished predictor, the finishing rows and the choice."""
+    rows, final, choices = finishing_rows(network, data, 60 * run["train_min"])
+    on_val = {"network": run["val_balanced_accuracy"], "predictor": rows[-1]["val"]["balanced_accuracy"]}
+    kept = max(on_val, key=on_val.get)
+    save_keras_model(final if kept == "predictor" else network, path)
+    return final, rows, {"val_balanced_accuracy": on_val, "kept": kept, "choices": choices}
+
+
 def finish_small(args, result: dict, data: dict) -> None:
     """``small.keras``: the kept student's network or its finished predictor, whichever val prefers; both
     scored on test."""
     small = result["kept"].get("student", "dermsep-tuned")
     network = load_keras_model(args.out_dir / "runs" / small / "best.keras")
-    rows, final, choices = finishing_rows(network, data, 0.0)
-    on_val = {
-        "network": result["runs"][small]["val_balanced_accuracy"],
-        "predictor": rows[-1]["val"]["balanced_accuracy"],
-    }
-    result["small"] = {"run": small, "val_balanced_accuracy": on_val, "choices": choices}
-    result["small"]["kept"] = max(on_val, key=on_val.get)
-    save_keras_model(
-        final if result["small"]["kept"] == "predictor" else network, args.model_dir / "small.keras"
+    final, _, chosen = network_or_predictor(
+        network, data, result["runs"][small], args.model_dir / "small.keras"
     )
+    result["small"] = {"run": small, **chosen}
     test = data["test"]
     result.setdefault("test", {})[f"{small} predictor"] = scores(test.labels, predict(final, test), 1000)
 
