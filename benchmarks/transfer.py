@@ -10,22 +10,25 @@ Runs (each resumable under ``models/transfer/runs/<name>``; a finished one is re
 
 - ``lite0``: the "transfer" recipe (1 epoch of the new classifier on the frozen backbone at 1e-3, then every
   layer at 3e-4 with warm-up and cosine decay, BatchNorm frozen, balanced class weights), ``--epochs``;
-- ``lite0-mixup`` / ``lite0-cutmix``: the same with Mixup (alpha 0.2) / CutMix (alpha 1.0); kept if val says;
-- ``lite0-held`` (and the kept lever's): the same without ``rosendahl``;
+- ``lite0-mixup`` / ``lite0-cutmix`` (stage ``levers``, only when asked for): the same with Mixup (alpha 0.2)
+  / CutMix (alpha 1.0); kept if val says;
 - ``dermsep-tuned`` (not run by default: ``ham10000.py``'s tuned row is the same run): the students' baseline;
-- ``student-*``: ``dermsep_net`` distilled from the kept ``lite0`` network (online: the teacher sees each
-  augmented and mixed batch), alpha 0.5, T 2, plus the levers in :data:`STUDENTS`.
+- ``student-*`` (``--students``; default ``student-wide``): ``dermsep_net`` distilled from the kept ``lite0``
+  network (online: the teacher sees each augmented and mixed batch), alpha 0.5, T 2, plus :data:`STUDENTS`;
+- ``lite0-held`` and ``<kept student>-held``: the same without ``rosendahl`` (the student taught by
+  ``lite0-held``).
 
 The kept transfer network is finished as ``ham10000.py``'s (re-trained classifier, 8-view TTA, prior shift,
 chosen on val) and saved as ``models/ham10000/best.keras``, the default; the best small run on val (tuned or
 distilled, <= 250k parameters) as ``models/ham10000/small.keras``; each with its TFLite exports (``small/``).
 
-    .venv/bin/python benchmarks/transfer.py                  # every stage (~3.5 h on 2 cores)
+    .venv/bin/python benchmarks/transfer.py                  # the default stages (~70 min on 2 idle cores)
+    .venv/bin/python benchmarks/transfer.py --stages levers  # Mixup and CutMix (about 25 min more)
     .venv/bin/python benchmarks/transfer.py --stages lite0   # one stage; the JSON keeps the others'
     .venv/bin/python benchmarks/transfer.py --smoke          # minutes: 2 epochs, 600 images (a check)
 
-Pairs of trainings run side by side (one thread each, as ``ham10000.py``). Prints a table and writes
-``benchmarks/results/transfer.json``.
+Independent trainings asked for together run side by side (one thread each, as ``ham10000.py``). Prints a
+table and writes ``benchmarks/results/transfer.json``.
 """
 
 from __future__ import annotations
@@ -75,10 +78,13 @@ STUDENTS = {
     "student": ({}, {}),
     "student-wide": ({}, {"widths": [32, 64, 128, 256]}),  # 241k parameters (the budget: 250k)
 }
-"""Distilled students: (recipe changes on top of tuned + :data:`DISTILL`, model options). Not run yet (each
-student costs about 30 min on 2 threads: the teacher's forward pass on every batch costs about what the
-student's training step does): ``{"mixup_alpha": 0.2}`` (the teacher sees the same mixed image)."""
-STAGES = ("lite0", "levers", "held-out", "students", "finish")
+"""Distilled students: (recipe changes on top of tuned + :data:`DISTILL`, model options). Val preferred the
+wider one (0.599 against 0.585), so it is the default ``--students``. Not run yet (a student costs about 20
+min on 2 idle cores, the teacher's forward pass on each batch included): ``{"mixup_alpha": 0.2}`` (the teacher
+sees the same mixed image) and longer schedules (``--student-epochs``)."""
+STAGES = ("lite0", "levers", "students", "held-out", "finish")
+DEFAULT_STAGES = ("lite0", "students", "held-out", "finish")
+"""``levers`` (Mixup, CutMix: two more fine-tunings, measured and off) runs only when asked for."""
 SIDE_BY_SIDE_ENV = {"TF_NUM_INTRAOP_THREADS": "1"}
 
 
@@ -90,7 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--student-epochs", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seed", type=int, default=42)
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES))
+    parser.add_argument(
+        "--students", nargs="+", choices=STUDENTS, default=["student-wide"], help="the distilled students"
+    )
     parser.add_argument("--report-images", type=int, default=600, help="test images for the Grad-CAM report")
     parser.add_argument("--smoke", action="store_true", help="2 epochs on 600 images: checks the script runs")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="the runs and their logs")
@@ -117,11 +126,12 @@ def run_settings(args, name: str, result: dict) -> tuple[str, dict]:
     tuned = dict(model_name="dermsep_net", learning_rate=2e-3, batch_size=64, epochs=args.student_epochs)
     if name == "dermsep-tuned":
         return "lesion", {**tuned, "recipe": TUNED}
-    changes, options = STUDENTS[name]
+    held = name.endswith("-held")
+    changes, options = STUDENTS[name.removesuffix("-held")]
     recipe = dataclasses.replace(TUNED, **DISTILL, **changes)
-    teacher = args.out_dir / "runs" / result["kept"]["lite0"] / "best.keras"
+    teacher = args.out_dir / "runs" / (result["kept"]["lite0"] + ("-held" if held else "")) / "best.keras"
     extra = {"model_options": options} if options else {}
-    return "lesion", {
+    return ("held" if held else "lesion"), {
         **tuned,
         "recipe": recipe,
         "teacher": teacher,
@@ -198,32 +208,40 @@ def stage_levers(args, result: dict) -> None:
 
 
 def stage_held_out(args, result: dict) -> None:
-    """The kept transfer run without the held-out clinic (network and finished predictor), and the better
-    lever's (on val) when its run folder exists (scored at the epochs it completed)."""
-    kept = result["kept"]["lite0"]
-    lever = max(
-        (f"lite0-{lever}" for lever in LEVERS), key=lambda n: result["runs"][n]["val_balanced_accuracy"]
-    )
+    """The kept transfer run and the kept student without the held-out clinic (the student taught by the
+    held-out teacher), each as a network and as a finished predictor (kept: whichever val prefers); and the
+    better lever's (on val) when its run folder exists (scored at the epochs it completed)."""
+    kept, student = result["kept"]["lite0"], result["kept"].get("student")
     trained(args, [f"{kept}-held"], result)
-    names = [f"{kept}-held", *[n for n in [f"{lever}-held"] if (args.out_dir / "runs" / n).is_dir()]]
+    finished_too = [f"{kept}-held"]
+    if student:
+        trained(args, [f"{student}-held"], result)  # after its teacher
+        finished_too.append(f"{student}-held")
+    levers = [f"lite0-{lever}" for lever in LEVERS if f"lite0-{lever}" in result["runs"]]
+    lever = max(levers, key=lambda n: result["runs"][n]["val_balanced_accuracy"], default=None)
+    names = [*finished_too, *[n for n in [f"{lever}-held"] if lever and (args.out_dir / "runs" / n).is_dir()]]
     _, held = splits(args)
     data = splits_of(held, args.img_size)
     for name in names:
         network = load_keras_model(args.out_dir / "runs" / name / "best.keras")
         epochs = len(pd.read_csv(args.out_dir / "runs" / name / "history.csv"))
         out = {"network": held_out_scores(data["test"], predict(network, data["test"])), "epochs": epochs}
-        if name == f"{kept}-held":
-            rows, final, choices = finishing_rows(network, data, 0.0)
+        if name in finished_too:
+            rows, final, out["choices"] = finishing_rows(network, data, 0.0)
             out["predictor"] = held_out_scores(data["test"], predict(final, data["test"]))
-            out["predictor_val"], out["choices"] = rows[-1]["val"], choices
+            out["val_balanced_accuracy"] = {
+                "network": result["runs"][name]["val_balanced_accuracy"],
+                "predictor": rows[-1]["val"]["balanced_accuracy"],
+            }
+            out["kept"] = max(out["val_balanced_accuracy"], key=out["val_balanced_accuracy"].get)
         result["held_out"][name] = out
 
 
 def stage_students(args, result: dict) -> None:
     """The distilled students; the kept one is the best on val. The undistilled baseline is ``ham10000.py``'s
     tuned run (the same split, recipe, seed and epochs: val 0.569 there)."""
-    trained(args, list(STUDENTS), result)
-    result["kept"]["student"] = max(STUDENTS, key=lambda n: result["runs"][n]["val_balanced_accuracy"])
+    trained(args, args.students, result)
+    result["kept"]["student"] = max(args.students, key=lambda n: result["runs"][n]["val_balanced_accuracy"])
 
 
 def stage_finish(args, result: dict) -> None:
@@ -316,9 +334,9 @@ def print_table(result: dict) -> None:
     for name, out in result.get("held_out", {}).items():
         for kind in ("network", "predictor"):
             if kind in out:
-                s = out[kind]
+                s, mark = out[kind], " (kept on val)" if out.get("kept") == kind else ""
                 print(
-                    f"held-out {HELD_OUT} {name} {kind}: bal. acc. (6) {s['balanced_accuracy_6']:.3f}, "
+                    f"held-out {HELD_OUT} {name} {kind}{mark}: bal. acc. (6) {s['balanced_accuracy_6']:.3f}, "
                     f"AUC {s['macro_auc']:.3f}"
                 )
     for file, rows in result.get("export", {}).items():
