@@ -25,7 +25,13 @@ from sklearn.linear_model import LogisticRegression
 
 from helpers.classes import CLASS_NAMES
 from helpers.clinical import drop_fields, encode_metadata
-from helpers.metrics import fit_prior_shift, label_ids, prior_shift_weights, selection_score
+from helpers.metrics import (
+    balanced_accuracy,
+    fit_prior_shift,
+    label_ids,
+    prior_shift_weights,
+    selection_score,
+)
 from helpers.modelio import model_inputs, predict_images
 from helpers.models import (
     ALL_FIELDS_DROPOUT,
@@ -271,7 +277,8 @@ def finalize_predictor(
     ``views``-view val predictions score better; ties: single-scale), then ``views``-view test-time
     augmentation and a prior shift (``tau`` chosen on val by :func:`~helpers.metrics.fit_prior_shift`).
     Reads only the ``train`` and ``val`` rows of ``df`` (needs ``path``, ``dx`` and ``split``). Returns the
-    predictor and its choices (``class_weight_power``, ``pooled``, ``tau``)."""
+    predictor and its choices (``class_weight_power``, ``pooled``, ``tau``, and ``val_balanced_accuracy`` of
+    the ``network`` and of the ``predictor``: the steps can lower it, so keep whichever scores better)."""
     if not isinstance(df, pd.DataFrame) or not {"path", "dx", "split"} <= set(df.columns):
         raise ValueError("df needs 'path', 'dx' and 'split' columns: use helpers.train.prepare_data(...).")
     parts = {name: df[df["split"] == name] for name in ("train", "val")}
@@ -280,16 +287,21 @@ def finalize_predictor(
         raise ValueError(
             f"df has no {' or '.join(empty)} rows: finishing needs both (train fits, val chooses)."
         )
-    x, y = {}, {}
-    for name, part in parts.items():
-        images = load_images(part["path"].tolist(), img_size, progress=False).astype("float32")
-        x[name] = model_inputs(model, images, encode_metadata(part) if uses_metadata(model) else None)
-        y[name] = label_ids(part["dx"])
+    images = {n: load_images(p["path"].tolist(), img_size, progress=False) for n, p in parts.items()}
+    metadata = {n: encode_metadata(p) if uses_metadata(model) else None for n, p in parts.items()}
+    x = {n: model_inputs(model, images[n].astype("float32"), metadata[n]) for n in parts}
+    y = {n: label_ids(p["dx"]) for n, p in parts.items()}
     refit, choices, val_probs = retrained_network(
         model, x["train"], y["train"], x["val"], y["val"], views, multi_scale
     )
     final, tau = prior_shifted_from_probs(refit, val_probs.mean(axis=0), y["val"], y["train"], views)
-    return final, {**choices, "tau": tau}
+    shifted = val_probs.mean(axis=0) * prior_shift_weights(y["train"], tau)
+    network = predict_images(model, images["val"], metadata=metadata["val"])
+    on_val = {
+        name: balanced_accuracy(y["val"], probs)
+        for name, probs in (("network", network), ("predictor", shifted))
+    }
+    return final, {**choices, "tau": tau, "val_balanced_accuracy": on_val}
 
 
 def retrained_network(

@@ -506,16 +506,20 @@ def fit_prior_shift(
     return float(taus[int(np.argmax(scores))])
 
 
+def balanced_accuracy(y_true: Sequence | np.ndarray, probs: np.ndarray) -> float:
+    """Balanced accuracy of the arg-max predictions (classes absent from ``y_true`` do not count)."""
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true"
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(label_ids(y_true), np.asarray(probs).argmax(axis=1)))
+
+
 def selection_score(y_true: Sequence | np.ndarray, probs: np.ndarray) -> float:
     """The mean of accuracy, balanced accuracy and macro-F1 of the arg-max predictions: what the benchmark's
     validation choices (prior-shift ``tau``, classifier re-training) maximise, so no figure is traded away."""
     y = label_ids(y_true)
     pred = np.asarray(probs).argmax(axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        balanced = balanced_accuracy_score(y, pred)
     macro_f1 = f1_score(y, pred, labels=list(range(len(CLASS_NAMES))), average="macro", zero_division=0)
-    return float((pred == y).mean() + balanced + macro_f1) / 3
+    return float((pred == y).mean() + balanced_accuracy(y, probs) + macro_f1) / 3
 
 
 def majority_probs(n: int, majority_class: str = "nv") -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
 
 from helpers import classifier
 from helpers.classes import CLASS_NAMES
@@ -27,7 +28,13 @@ from helpers.classifier import (
     view_probs,
 )
 from helpers.data import load_metadata
-from helpers.metrics import PRIOR_SHIFT_TAUS, fit_prior_shift, prior_shift_weights, selection_score
+from helpers.metrics import (
+    PRIOR_SHIFT_TAUS,
+    fit_prior_shift,
+    label_ids,
+    prior_shift_weights,
+    selection_score,
+)
 from helpers.models import PriorShift, build_model, count_params, predictor, predictor_members
 from helpers.pipeline import load_images
 from helpers.splits import split_by_lesion
@@ -258,6 +265,14 @@ def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthet
     assert predictor_members(final)[0].get_layer("predictions").get_weights()[0].tolist() != (
         model.get_layer("predictions").get_weights()[0].tolist()
     ), "the last layer was refitted"
+
+    # both on val, so the caller can keep whichever is better: the network's and the predictor's own figures
+    truth = label_ids(y["val"])
+    on_val = choices["val_balanced_accuracy"]
+    network_pred, final_pred = (m.predict(x["val"], verbose=0).argmax(axis=1) for m in (model, final))
+    assert on_val["network"] == pytest.approx(balanced_accuracy_score(truth, network_pred))
+    assert on_val["predictor"] == pytest.approx(balanced_accuracy_score(truth, final_pred))
+    assert (network_pred != final_pred).any(), "the finished predictor should answer differently"
 
 
 def test_finalize_predictor_refuses_a_split_without_val_rows(synthetic_dir: Path):
