@@ -220,7 +220,9 @@ def stage_held_out(args, result: dict) -> None:
         finished_too.append(f"{student}-held")
     levers = [f"lite0-{lever}" for lever in LEVERS if f"lite0-{lever}" in result["runs"]]
     lever = max(levers, key=lambda n: result["runs"][n]["val_balanced_accuracy"], default=None)
-    names = [*finished_too, *[n for n in [f"{lever}-held"] if lever and (args.out_dir / "runs" / n).is_dir()]]
+    names = list(finished_too)
+    if lever and (args.out_dir / "runs" / f"{lever}-held").is_dir():
+        names.append(f"{lever}-held")
     _, held = splits(args)
     data = splits_of(held, args.img_size)
     for name in names:
@@ -230,10 +232,7 @@ def stage_held_out(args, result: dict) -> None:
         if name in finished_too:
             rows, final, out["choices"] = finishing_rows(network, data, 0.0)
             out["predictor"] = held_out_scores(data["test"], predict(final, data["test"]))
-            out["val_balanced_accuracy"] = {
-                "network": result["runs"][name]["val_balanced_accuracy"],
-                "predictor": rows[-1]["val"]["balanced_accuracy"],
-            }
+            out["val_balanced_accuracy"] = on_val(result["runs"][name], rows)
             out["kept"] = max(out["val_balanced_accuracy"], key=out["val_balanced_accuracy"].get)
         result["held_out"][name] = out
 
@@ -245,16 +244,13 @@ def stage_students(args, result: dict) -> None:
     trained(args, args.students, result)
     lesion, _ = splits(args)
     data = splits_of(lesion, args.img_size)
+    scores_on_val = {}
     for name in args.students:
         network = load_keras_model(args.out_dir / "runs" / name / "best.keras")
         rows, _, _ = finishing_rows(network, data, 0.0)
-        result["runs"][name]["finished_val_balanced_accuracy"] = rows[-1]["val"]["balanced_accuracy"]
-    result["kept"]["student"] = max(
-        args.students,
-        key=lambda n: max(
-            result["runs"][n]["val_balanced_accuracy"], result["runs"][n]["finished_val_balanced_accuracy"]
-        ),
-    )
+        scores_on_val[name] = on_val(result["runs"][name], rows)
+        result["runs"][name]["finished_val_balanced_accuracy"] = scores_on_val[name]["predictor"]
+    result["kept"]["student"] = max(args.students, key=lambda n: max(scores_on_val[n].values()))
 
 
 def stage_finish(args, result: dict) -> None:
@@ -298,10 +294,15 @@ def network_or_predictor(network, data: dict, run: dict, path: Path) -> tuple[ob
     """Finish ``network`` (``finishing_rows``) and save it, or the network itself, whichever scores better
     on val, as ``path``; returns the finished predictor, the finishing rows and the choice."""
     rows, final, choices = finishing_rows(network, data, 60 * run["train_min"])
-    on_val = {"network": run["val_balanced_accuracy"], "predictor": rows[-1]["val"]["balanced_accuracy"]}
-    kept = max(on_val, key=on_val.get)
+    both = on_val(run, rows)
+    kept = max(both, key=both.get)
     save_keras_model(final if kept == "predictor" else network, path)
-    return final, rows, {"val_balanced_accuracy": on_val, "kept": kept, "choices": choices}
+    return final, rows, {"val_balanced_accuracy": both, "kept": kept, "choices": choices}
+
+
+def on_val(run: dict, rows: list[dict]) -> dict[str, float]:
+    """Val balanced accuracy of a run's network and of its finished predictor (``finishing_rows``' rows)."""
+    return {"network": run["val_balanced_accuracy"], "predictor": rows[-1]["val"]["balanced_accuracy"]}
 
 
 def finish_small(args, result: dict, data: dict) -> None:

@@ -277,8 +277,9 @@ def finalize_predictor(
     ``views``-view val predictions score better; ties: single-scale), then ``views``-view test-time
     augmentation and a prior shift (``tau`` chosen on val by :func:`~helpers.metrics.fit_prior_shift`).
     Reads only the ``train`` and ``val`` rows of ``df`` (needs ``path``, ``dx`` and ``split``). Returns the
-    predictor and its choices (``class_weight_power``, ``pooled``, ``tau``, and ``val_balanced_accuracy`` of
-    the ``network`` and of the ``predictor``: the steps can lower it, so keep whichever scores better)."""
+    predictor and its choices (``class_weight_power``, ``pooled``, ``tau``), ``val_balanced_accuracy`` of the
+    ``network`` and of the ``predictor``, and ``better``: the one val prefers (the steps can lower it; ties:
+    the network)."""
     if not isinstance(df, pd.DataFrame) or not {"path", "dx", "split"} <= set(df.columns):
         raise ValueError("df needs 'path', 'dx' and 'split' columns: use helpers.train.prepare_data(...).")
     parts = {name: df[df["split"] == name] for name in ("train", "val")}
@@ -301,7 +302,8 @@ def finalize_predictor(
         name: balanced_accuracy(y["val"], probs)
         for name, probs in (("network", network), ("predictor", shifted))
     }
-    return final, {**choices, "tau": tau, "val_balanced_accuracy": on_val}
+    better = "predictor" if on_val["predictor"] > on_val["network"] else "network"
+    return final, {**choices, "tau": tau, "val_balanced_accuracy": on_val, "better": better}
 
 
 def retrained_network(

@@ -273,6 +273,7 @@ def test_finalize_predictor_is_the_benchmark_chain_on_train_and_val_only(synthet
     assert on_val["network"] == pytest.approx(balanced_accuracy_score(truth, network_pred))
     assert on_val["predictor"] == pytest.approx(balanced_accuracy_score(truth, final_pred))
     assert (network_pred != final_pred).any(), "the finished predictor should answer differently"
+    assert choices["better"] == max(on_val, key=on_val.get), "the one val prefers (ties: the network)"
 
 
 def test_finalize_predictor_refuses_a_split_without_val_rows(synthetic_dir: Path):
