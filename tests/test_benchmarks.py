@@ -43,3 +43,24 @@ def test_side_by_side_training_that_fails_is_named_with_its_log(tmp_path: Path):
     log = tmp_path / "out" / "logs" / "plain.log"
     assert str(log) in message and f"HAM10000 folder {tmp_path} not found" in log.read_text()
     assert f"HAM10000 folder {tmp_path} not found" in message, "the log's tail is shown"
+
+
+def test_transfer_students_are_distilled_runs_with_their_own_settings(tmp_path: Path):
+    import transfer  # noqa: PLC0415  (benchmarks/transfer.py)
+
+    args = transfer.parse_args(["--out-dir", str(tmp_path), "--student-epochs", "25"])
+    kept = {"kept": {"lite0": "lite0"}}
+    settings = {name: transfer.run_settings(args, name, kept) for name in transfer.STUDENTS}
+    for split, run in settings.values():
+        assert split == "lesion" and run["model_name"] == "dermsep_net"
+        assert run["teacher"] == tmp_path / "runs" / "lite0" / "best.keras"
+        assert (run["recipe"].distill_alpha, run["recipe"].distill_temperature) == (0.5, 2.0)
+    assert [settings[n][1]["epochs"] for n in ("student", "student-mixup", "student-long")] == [25, 25, 32]
+    assert settings["student-mixup"][1]["recipe"].mixup_alpha == 0.2
+    assert settings["student"][1]["recipe"].mixup_alpha == 0.0
+    assert settings["student-wide"][1]["model_options"] == {"widths": [32, 64, 128, 256]}
+    assert "model_options" not in settings["student"][1]
+    split, held = transfer.run_settings(args, "student-long-held", kept)
+    assert split == "held" and held["teacher"] == tmp_path / "runs" / "lite0-held" / "best.keras"
+    smoke = transfer.parse_args(["--out-dir", str(tmp_path), "--smoke"])
+    assert transfer.run_settings(smoke, "student-long", kept)[1]["epochs"] == 2
