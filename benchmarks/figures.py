@@ -1,6 +1,7 @@
 """The README's figure, drawn from a benchmark's committed JSON (no training): the final predictor beside the
 original architecture and the majority-class baseline on the headline scores (the test split where the
-benchmark scored one, else validation).
+benchmark scored one, else validation); for HAM10000 also ``transfer.json``'s ``best.keras`` (the pretrained
+default) and ``small.keras`` (the distilled small model), on the same test split.
 
     .venv/bin/python benchmarks/figures.py                          # HAM10000: writes docs/results.png
     .venv/bin/python benchmarks/figures.py --benchmark dermamnist --out docs/dermamnist.png
@@ -31,10 +32,29 @@ def headline_rows(rows: list[dict]) -> list[dict]:
     predictor), renamed for a legend; a row's ``test`` scores when it has them (HAM10000), else the row."""
     scored = [r for r in rows if r.get("kept", True) and ("test" in r or "val" not in r)]
     original = next(r for r in scored if "cpu_light_efficient_cnn" in r["predictor"])
-    names = ("majority class (always nv)", "original cpu_light_efficient_cnn", "this toolkit's best.keras")
+    names = ("majority class (always nv)", "original (same training minutes)", "dermsep_net from scratch")
     return [
         {**r.get("test", r), "predictor": name}
         for r, name in zip((scored[0], original, scored[-1]), names, strict=True)
+    ]
+
+
+def saved_model_rows(transfer: dict) -> list[dict]:
+    """``best.keras`` and ``small.keras`` as ``transfer.py`` saved them (each its network or its finished
+    predictor, whichever val preferred), with their test scores."""
+    test = transfer["test"]
+    saved = (
+        ("lite0", transfer["default"]["kept"], "best.keras: pretrained Lite0"),
+        (transfer["small"]["run"], transfer["small"]["kept"], "small.keras: distilled dermsep_net"),
+    )
+    return [
+        {
+            **(
+                test[f"{run} predictor"] if kept == "predictor" else test.get(f"{run} network", test.get(run))
+            ),
+            "predictor": name,
+        }
+        for run, kept, name in saved
     ]
 
 
@@ -44,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "results.png")
     args = parser.parse_args(argv)
     result = json.loads((RESULTS / f"{args.benchmark}.json").read_text())
-    plot_predictor_comparison(headline_rows(result["rows"]), TITLES[args.benchmark], save_path=args.out)
+    rows = headline_rows(result["rows"])
+    if args.benchmark == "ham10000":
+        rows += saved_model_rows(json.loads((RESULTS / "transfer.json").read_text()))
+    plot_predictor_comparison(rows, TITLES[args.benchmark], save_path=args.out)
     print(f"Wrote {args.out}")
     return 0
 

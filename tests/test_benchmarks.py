@@ -64,3 +64,22 @@ def test_transfer_students_are_distilled_runs_with_their_own_settings(tmp_path: 
     assert split == "held" and held["teacher"] == tmp_path / "runs" / "lite0-held" / "best.keras"
     smoke = transfer.parse_args(["--out-dir", str(tmp_path), "--smoke"])
     assert transfer.run_settings(smoke, "student-long", kept)[1]["epochs"] == 2
+
+
+def test_figure_shows_the_saved_models_as_val_chose_them():
+    import figures  # noqa: PLC0415  (benchmarks/figures.py)
+
+    test = {
+        "lite0 network": {"balanced_accuracy": 0.66},
+        "lite0 predictor": {"balanced_accuracy": 0.59},
+        "student": {"balanced_accuracy": 0.54},
+        "student predictor": {"balanced_accuracy": 0.60},
+    }
+    small = {"run": "student", "kept": "predictor"}
+    transfer = {"test": test, "default": {"kept": "network"}, "small": small}
+    best, small = figures.saved_model_rows(transfer)
+    assert best == {"balanced_accuracy": 0.66, "predictor": "best.keras: pretrained Lite0"}
+    assert small == {"balanced_accuracy": 0.60, "predictor": "small.keras: distilled dermsep_net"}
+    transfer.update(default={"kept": "predictor"}, small={"run": "student", "kept": "network"})
+    best, small = figures.saved_model_rows(transfer)
+    assert (best["balanced_accuracy"], small["balanced_accuracy"]) == (0.59, 0.54)

@@ -44,6 +44,8 @@ def plot_predictor_comparison(
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=len(rows), frameon=False)
+    ax.legend(
+        fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=min(len(rows), 3), frameon=False
+    )
     save_figure(fig, save_path)
     return fig
