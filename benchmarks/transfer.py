@@ -23,7 +23,7 @@ The kept transfer network is finished as ``ham10000.py``'s (re-trained classifie
 chosen on val) and saved as ``models/ham10000/best.keras``, the default; the best small run on val (tuned or
 distilled, <= 250k parameters) as ``models/ham10000/small.keras``; each with its TFLite exports (``small/``).
 
-    .venv/bin/python benchmarks/transfer.py                  # the default stages (~77 min on 2 idle cores)
+    .venv/bin/python benchmarks/transfer.py                  # the default stages (82 min on 2 idle cores)
     .venv/bin/python benchmarks/transfer.py --stages levers  # Mixup and CutMix (about 25 min more)
     .venv/bin/python benchmarks/transfer.py --stages lite0   # one stage; the JSON keeps the others'
     .venv/bin/python benchmarks/transfer.py --smoke          # minutes: 2 epochs, 600 images (a check)
