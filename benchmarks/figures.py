@@ -41,21 +41,18 @@ def headline_rows(rows: list[dict]) -> list[dict]:
 
 def saved_model_rows(transfer: dict) -> list[dict]:
     """``best.keras`` and ``small.keras`` as ``transfer.py`` saved them (each its network or its finished
-    predictor, whichever val preferred), with their test scores."""
-    test = transfer["test"]
+    predictor, whichever val preferred), with their test scores (a network's under ``"<run> network"`` or
+    ``"<run>"``, a predictor's under ``"<run> predictor"``)."""
     saved = (
-        ("lite0", transfer["default"]["kept"], "best.keras: pretrained Lite0"),
+        (transfer["kept"]["lite0"], transfer["default"]["kept"], "best.keras: pretrained Lite0"),
         (transfer["small"]["run"], transfer["small"]["kept"], "small.keras: distilled dermsep_net"),
     )
-    return [
-        {
-            **(
-                test[f"{run} predictor"] if kept == "predictor" else test.get(f"{run} network", test.get(run))
-            ),
-            "predictor": name,
-        }
-        for run, kept, name in saved
-    ]
+    rows = []
+    for run, kept, name in saved:
+        keys = [f"{run} predictor"] if kept == "predictor" else [f"{run} network", run]
+        scores = next(transfer["test"][key] for key in keys if key in transfer["test"])
+        rows.append({**scores, "predictor": name})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,10 +76,13 @@ def test_figure_shows_the_saved_models_as_val_chose_them():
         "student predictor": {"balanced_accuracy": 0.60},
     }
     small = {"run": "student", "kept": "predictor"}
-    transfer = {"test": test, "default": {"kept": "network"}, "small": small}
+    transfer = {"test": test, "kept": {"lite0": "lite0"}, "default": {"kept": "network"}, "small": small}
     best, small = figures.saved_model_rows(transfer)
     assert best == {"balanced_accuracy": 0.66, "predictor": "best.keras: pretrained Lite0"}
     assert small == {"balanced_accuracy": 0.60, "predictor": "small.keras: distilled dermsep_net"}
     transfer.update(default={"kept": "predictor"}, small={"run": "student", "kept": "network"})
     best, small = figures.saved_model_rows(transfer)
     assert (best["balanced_accuracy"], small["balanced_accuracy"]) == (0.59, 0.54)
+    test["lite0-mixup network"] = {"balanced_accuracy": 0.71}  # the transfer run val kept, not a fixed name
+    transfer.update(kept={"lite0": "lite0-mixup"}, default={"kept": "network"})
+    assert figures.saved_model_rows(transfer)[0]["balanced_accuracy"] == 0.71
