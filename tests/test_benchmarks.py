@@ -86,3 +86,10 @@ def test_figure_shows_the_saved_models_as_val_chose_them():
     test["lite0-mixup network"] = {"balanced_accuracy": 0.71}  # the transfer run val kept, not a fixed name
     transfer.update(kept={"lite0": "lite0-mixup"}, default={"kept": "network"})
     assert figures.saved_model_rows(transfer)[0]["balanced_accuracy"] == 0.71
+
+
+def test_figure_is_drawn_from_the_committed_results(tmp_path: Path):
+    import figures  # noqa: PLC0415  (benchmarks/figures.py)
+
+    assert figures.main(["--out", str(tmp_path / "results.png")]) == 0
+    assert (tmp_path / "results.png").stat().st_size > 10_000
